@@ -1,0 +1,46 @@
+# Everyday commands. `make run` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test unit integration reliability lint typecheck demo bench broker topology clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+broker:
+	./scripts/ensure-broker.sh
+
+topology: $(STAMP) broker
+	$(BIN)/kitty-tasks topology apply
+
+run: $(STAMP) topology
+	$(BIN)/honcho start -f Procfile
+
+test: $(STAMP) broker
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: $(STAMP) broker
+	$(BIN)/pytest tests/integration
+
+reliability: $(STAMP) broker
+	$(BIN)/pytest tests/reliability
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,49 @@
+"""Celery settings of the kitty_tasks app, read from the environment (see kitty_tasks.settings)."""
+
+from __future__ import annotations
+
+from kitty_tasks.routing import TASK_ROUTES
+from kitty_tasks.routing import task_queues as _task_queues
+from kitty_tasks.settings import get_settings
+from kitty_tasks.topology import BRAIN_COMMANDS, TASKS_EXCHANGE
+
+_settings = get_settings()
+
+broker_url = _settings.rabbitmq_url
+result_backend = _settings.result_backend
+broker_connection_retry_on_startup = True
+# Every publish waits for the broker's confirm; a nack raises at the caller.
+broker_transport_options = {"confirm_publish": True}
+broker_pool_limit = 10
+
+# JSON only: pickle is refused by the worker, never executed.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# Ack after the task ran; a worker that dies mid-task gets its message redelivered.
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+# One unacked message per process: a higher priority task that arrives later is
+# not stuck behind a prefetched low one (RabbitMQ orders only what it still holds).
+worker_prefetch_multiplier = _settings.prefetch_multiplier
+task_queue_max_priority = 10
+task_default_priority = 0
+
+task_queues = _task_queues()
+task_routes = TASK_ROUTES
+task_default_queue = BRAIN_COMMANDS
+task_default_exchange = TASKS_EXCHANGE
+task_default_exchange_type = "direct"
+task_default_routing_key = BRAIN_COMMANDS
+task_create_missing_queues = False
+
+worker_consumer = "kitty_tasks.worker:KittyConsumer"
+worker_send_task_events = True
+task_send_sent_event = True
+task_time_limit = _settings.task_time_limit
+result_expires = 3600

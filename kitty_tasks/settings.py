@@ -1,0 +1,37 @@
+"""Platform settings, read once from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["DEFAULT_RABBITMQ_URL", "Settings", "get_settings"]
+
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672//"
+
+
+class Settings(BaseSettings):
+    """Every environment variable the platform reads; the README's table lists them."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    rabbitmq_url: str = Field(DEFAULT_RABBITMQ_URL, alias="RABBITMQ_URL")
+    result_backend: str = Field("rpc://", alias="KITTY_RESULT_BACKEND")
+    max_message_bytes: int = Field(1024 * 1024, gt=0, alias="KITTY_MAX_MESSAGE_BYTES")
+    max_retries: int = Field(3, ge=0, alias="KITTY_MAX_RETRIES")
+    retry_backoff_base: float = Field(1.0, gt=0, alias="KITTY_RETRY_BACKOFF_BASE")
+    retry_backoff_max: float = Field(7200.0, gt=0, alias="KITTY_RETRY_BACKOFF_MAX")
+    publish_timeout: float = Field(10.0, gt=0, alias="KITTY_PUBLISH_TIMEOUT")
+    prefetch_multiplier: int = Field(1, ge=1, alias="KITTY_PREFETCH_MULTIPLIER")
+    task_time_limit: float | None = Field(None, gt=0, alias="KITTY_TASK_TIME_LIMIT")
+    management_url: str = Field("http://localhost:15672", alias="KITTY_MANAGEMENT_URL")
+    metrics_port: int | None = Field(None, ge=0, le=65535, alias="KITTY_METRICS_PORT")
+    idempotency_db: str = Field(".kitty-idempotency.sqlite3", alias="KITTY_IDEMPOTENCY_DB")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings (read once; tests build their own ``Settings``)."""
+    return Settings()

@@ -1,0 +1,63 @@
+"""Fixtures shared by every test: broker URLs and a fresh vhost per test run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kombu import Connection
+
+from kitty_tasks.broker import apply_topology
+from kitty_tasks.management import ManagementClient
+from kitty_tasks.settings import DEFAULT_RABBITMQ_URL
+
+BASE_URL = os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+MANAGEMENT_URL = os.environ.get("KITTY_MANAGEMENT_URL", "http://localhost:15672")
+
+
+def broker_reachable(url: str = BASE_URL) -> bool:
+    """True when a TCP connection to the broker's AMQP port succeeds."""
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", parsed.port or 5672), 2):
+            return True
+    except OSError:
+        return False
+
+
+def url_for_vhost(vhost: str, base: str = BASE_URL) -> str:
+    """``base`` with its vhost replaced by ``vhost``."""
+    parsed = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit(parsed._replace(path="/" + urllib.parse.quote(vhost, safe="")))
+
+
+@pytest.fixture(scope="session")
+def management_client() -> ManagementClient:
+    """Management API client with the base URL's credentials."""
+    return ManagementClient.from_urls(MANAGEMENT_URL, BASE_URL)
+
+
+@pytest.fixture(scope="session")
+def test_vhost(management_client: ManagementClient) -> Iterator[str]:
+    """A vhost of this test run's own, with the topology applied; deleted at the end."""
+    if not broker_reachable():
+        if os.environ.get("CI"):
+            pytest.fail(f"RabbitMQ is not reachable at {BASE_URL} and CI is set")
+        pytest.skip(f"RabbitMQ is not reachable at {BASE_URL}")
+    vhost = f"kitty-test-{uuid.uuid4().hex[:8]}"
+    user = urllib.parse.unquote(urllib.parse.urlsplit(BASE_URL).username or "guest")
+    management_client.create_vhost(vhost, user)
+    with Connection(url_for_vhost(vhost)) as connection:
+        apply_topology(connection)
+    yield vhost
+    management_client.delete_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(test_vhost: str) -> str:
+    """AMQP URL of the test run's vhost."""
+    return url_for_vhost(test_vhost)
