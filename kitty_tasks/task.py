@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import traceback
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from amqp.exceptions import MessageNacked
@@ -13,54 +11,25 @@ from celery.exceptions import Ignore, Reject, Retry
 from kombu import Exchange
 from pydantic import ValidationError
 
+from kitty_tasks.deadletter import failure_headers, utc_now
 from kitty_tasks.errors import Permanent, PublishRejected
 from kitty_tasks.retry import plan_retry
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
     DLX_EXCHANGE,
     H_ATTEMPT,
-    H_ATTEMPTS,
-    H_ERROR_MESSAGE,
-    H_ERROR_TYPE,
     H_FIRST_FAILURE,
-    H_LAST_FAILURE,
     H_MAX_RETRIES,
     H_ORIGINAL_QUEUE,
-    H_TRACEBACK,
     delay_exchange_name,
 )
 
-__all__ = ["KittyTask", "failure_headers"]
+__all__ = ["KittyTask"]
 
 logger = logging.getLogger(__name__)
 
-#: Tracebacks are trimmed to this many characters in the dead letter's headers.
-TRACEBACK_LIMIT = 4000
-#: Error messages are trimmed so that headers stay small.
-MESSAGE_LIMIT = 1000
-
 LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %d, retrying in %.1fs via %s"
 LOG_DEAD = "task %s[%s] dead-lettered to %s after %d attempt(s): %s: %s"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def failure_headers(
-    exc: BaseException, *, attempts: int, first_failure: str | None, queue: str
-) -> dict[str, Any]:
-    """The ``x-kitty-*`` headers that say why a message died."""
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {
-        H_ERROR_TYPE: type(exc).__name__,
-        H_ERROR_MESSAGE: str(exc)[:MESSAGE_LIMIT],
-        H_TRACEBACK: trace[-TRACEBACK_LIMIT:],
-        H_ATTEMPTS: attempts,
-        H_FIRST_FAILURE: first_failure or _now(),
-        H_LAST_FAILURE: _now(),
-        H_ORIGINAL_QUEUE: queue,
-    }
 
 
 class KittyTask(Task):  # type: ignore[misc]
@@ -123,7 +92,7 @@ class KittyTask(Task):  # type: ignore[misc]
         retries = int(request.retries or 0)
         limit = self.retry_limit()
         queue = self.source_queue()
-        first_failure = request.get(H_FIRST_FAILURE) or _now()
+        first_failure = request.get(H_FIRST_FAILURE) or utc_now()
         carried = {H_FIRST_FAILURE: first_failure, H_ORIGINAL_QUEUE: queue}
         if request.get(H_MAX_RETRIES) is not None:
             carried[H_MAX_RETRIES] = int(request.get(H_MAX_RETRIES))

@@ -61,3 +61,14 @@ def test_vhost(management_client: ManagementClient) -> Iterator[str]:
 def amqp_url(test_vhost: str) -> str:
     """AMQP URL of the test run's vhost."""
     return url_for_vhost(test_vhost)
+
+
+def drop_connections(client: ManagementClient, vhost: str) -> int:
+    """Close every client connection to ``vhost`` (a scoped ``close_all_connections``)."""
+    closed = 0
+    for connection in client.get("connections") or []:
+        if connection.get("vhost") == vhost:
+            name = urllib.parse.quote(connection["name"], safe="")
+            client.request("DELETE", f"connections/{name}")
+            closed += 1
+    return closed
