@@ -25,7 +25,8 @@ result_accept_content = ["json"]
 # Ack after the task ran; a worker that dies mid-task gets its message redelivered.
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_acks_on_failure_or_timeout = True
+task_acks_on_failure = True
+task_acks_on_timeout = True
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 # One unacked message per process: a higher priority task that arrives later is

@@ -6,7 +6,11 @@ from celery import Celery
 
 __all__ = ["app"]
 
-app = Celery("kitty_tasks", task_cls="kitty_tasks.task:KittyTask")
+# The configuration is read lazily, on first use, so the environment can still be set
+# after import (tests point RABBITMQ_URL at a vhost of their own).
+app = Celery(
+    "kitty_tasks",
+    task_cls="kitty_tasks.task:KittyTask",
+    include=["kitty_tasks.research", "kitty_tasks.cad", "kitty_tasks.brain", "kitty_tasks.taskqueue"],
+)
 app.config_from_object("celeryconfig")
-# Importing the task modules registers them on the app.
-app.conf.include = ["kitty_tasks.research", "kitty_tasks.cad", "kitty_tasks.brain", "kitty_tasks.taskqueue"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "InvalidInput",
     "KittyError",
     "PayloadTooLarge",
     "Permanent",
@@ -53,3 +54,7 @@ class PublishTimeout(PublishError, TimeoutError):
 
 class Permanent(KittyError):
     """Raise from a task or handler to dead-letter at once, without retries."""
+
+
+class InvalidInput(Permanent, ValueError):
+    """A message's data failed validation; retrying cannot fix it."""

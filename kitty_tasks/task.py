@@ -12,7 +12,7 @@ from kombu import Exchange
 from pydantic import ValidationError
 
 from kitty_tasks.deadletter import failure_headers, utc_now
-from kitty_tasks.errors import Permanent, PublishRejected
+from kitty_tasks.errors import InvalidInput, Permanent, PublishRejected
 from kitty_tasks.retry import plan_retry
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
@@ -45,7 +45,7 @@ class KittyTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     #: Errors that dead-letter at once: retrying cannot fix them.
-    non_retryable: ClassVar[tuple[type[BaseException], ...]] = (Permanent, ValidationError)
+    non_retryable: ClassVar[tuple[type[BaseException], ...]] = (Permanent,)
     _control_flow: ClassVar[tuple[type[BaseException], ...]] = (Retry, Ignore, Reject)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -53,6 +53,12 @@ class KittyTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         except self._control_flow:
             raise
+        except ValidationError as exc:
+            # pydantic's error cannot be rebuilt from a JSON result; callers get a
+            # plain InvalidInput that says which fields were wrong.
+            error = InvalidInput(f"invalid input for {self.name}: {exc}")
+            self._on_task_error(error, args, kwargs)
+            raise error from exc
         except Exception as exc:
             self._on_task_error(exc, args, kwargs)
             raise

@@ -41,20 +41,42 @@ def management_client() -> ManagementClient:
     return ManagementClient.from_urls(MANAGEMENT_URL, BASE_URL)
 
 
-@pytest.fixture(scope="session")
-def test_vhost(management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test run's own, with the topology applied; deleted at the end."""
+_SESSION: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Create this run's vhost before any test imports the app, and point RABBITMQ_URL at it.
+
+    Worker subprocesses inherit the variable, and the Celery app reads it when first
+    configured, so every part of a test run talks to the same fresh vhost.
+    """
     if not broker_reachable():
+        return
+    client = ManagementClient.from_urls(MANAGEMENT_URL, BASE_URL)
+    vhost = f"kitty-test-{uuid.uuid4().hex[:8]}"
+    user = urllib.parse.unquote(urllib.parse.urlsplit(BASE_URL).username or "guest")
+    client.create_vhost(vhost, user)
+    with Connection(url_for_vhost(vhost)) as connection:
+        apply_topology(connection)
+    _SESSION["vhost"] = vhost
+    os.environ["RABBITMQ_URL"] = url_for_vhost(vhost)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Delete this run's vhost and everything in it."""
+    vhost = _SESSION.pop("vhost", None)
+    if vhost is not None:
+        ManagementClient.from_urls(MANAGEMENT_URL, BASE_URL).delete_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def test_vhost() -> str:
+    """This run's own vhost, with the topology applied; deleted when the run ends."""
+    if "vhost" not in _SESSION:
         if os.environ.get("CI"):
             pytest.fail(f"RabbitMQ is not reachable at {BASE_URL} and CI is set")
         pytest.skip(f"RabbitMQ is not reachable at {BASE_URL}")
-    vhost = f"kitty-test-{uuid.uuid4().hex[:8]}"
-    user = urllib.parse.unquote(urllib.parse.urlsplit(BASE_URL).username or "guest")
-    management_client.create_vhost(vhost, user)
-    with Connection(url_for_vhost(vhost)) as connection:
-        apply_topology(connection)
-    yield vhost
-    management_client.delete_vhost(vhost)
+    return _SESSION["vhost"]
 
 
 @pytest.fixture(scope="session")

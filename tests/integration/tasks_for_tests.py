@@ -1,0 +1,47 @@
+"""Tasks that only tests use: they record each run in a file and fail on purpose."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from kitty_tasks.application import app
+from kitty_tasks.errors import Permanent
+
+
+def _record(path: str, line: str) -> int:
+    """Append a line to ``path`` and return how many lines it now has."""
+    with Path(path).open("a") as log:
+        log.write(line + "\n")
+    return len(Path(path).read_text().splitlines())
+
+
+@app.task(name="research.record_order", bind=True)
+def record_order(self: Any, path: str, label: str) -> str:
+    """Record ``label`` so a test can read the order in which tasks ran."""
+    _record(path, label)
+    return label
+
+
+@app.task(name="research.flaky", bind=True)
+def flaky(self: Any, path: str, failures: int) -> dict[str, Any]:
+    """Fail the first ``failures`` runs, then succeed; every run is timestamped in ``path``."""
+    runs = _record(path, f"{time.time():.6f} {self.request.retries}")
+    if runs <= failures:
+        raise ConnectionError(f"simulated outage, run {runs}")
+    return {"runs": runs}
+
+
+@app.task(name="research.always_fails", bind=True)
+def always_fails(self: Any, path: str) -> None:
+    """Fail every run with a ValueError; runs are counted in ``path``."""
+    runs = _record(path, f"{time.time():.6f} {self.request.retries}")
+    raise ValueError(f"bad input on run {runs}")
+
+
+@app.task(name="research.permanent", bind=True)
+def permanent(self: Any, path: str) -> None:
+    """Fail with ``Permanent``: must be dead-lettered without a retry."""
+    _record(path, "run")
+    raise Permanent("this input can never succeed")
