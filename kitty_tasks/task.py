@@ -9,6 +9,7 @@ from amqp.exceptions import MessageNacked
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu import Exchange
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from kitty_tasks.deadletter import failure_headers, utc_now
@@ -67,7 +68,10 @@ class KittyTask(Task):  # type: ignore[misc]
         """Celery's ``apply_async``; a broker nack raises ``PublishRejected`` naming the queue."""
         try:
             return super().apply_async(*args, **options)
-        except MessageNacked as err:
+        except (MessageNacked, OperationalError) as err:
+            # kombu wraps the nack in OperationalError; other connection errors pass on.
+            if not isinstance(err, MessageNacked) and not isinstance(err.__cause__, MessageNacked):
+                raise
             queue = options.get("queue") or options.get("routing_key") or self._default_queue()
             raise PublishRejected(
                 f"broker refused task {self.name!r} for queue {queue!r}: the queue is full "
@@ -131,3 +135,5 @@ class KittyTask(Task):  # type: ignore[misc]
             headers={**carried, **headers},
             retry=False,
         )
+        # The task metrics (kitty_tasks.signals) count this failure as dead_lettered.
+        request.kitty_dead_lettered = True

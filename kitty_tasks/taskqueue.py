@@ -55,7 +55,8 @@ def _builtin_handlers() -> dict[str, Handler]:
 def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
     """Register the dispatch task on ``app``: ``handlers`` first, then the built-in tasks."""
 
-    @app.task(name=DISPATCH_TASK, bind=True)  # type: ignore[untyped-decorator]
+    # Not shared: each app gets the dispatcher over its own handler registry.
+    @app.task(name=DISPATCH_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
     def dispatch(self: Any, task_type: str, data: dict[str, Any]) -> Any:
         handler = handlers.get(task_type) or _builtin_handlers().get(task_type)
         if handler is None:
