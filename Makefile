@@ -19,7 +19,10 @@ topology: $(STAMP) broker
 	$(BIN)/kitty-tasks topology apply
 
 run: $(STAMP) topology
-	$(BIN)/honcho start -f Procfile
+	BIN=$(BIN) ./scripts/run.sh
+
+demo: $(STAMP)
+	$(BIN)/python -m kitty_tasks.demo
 
 test: $(STAMP) broker
 	$(BIN)/ruff check .

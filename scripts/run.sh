@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# `make run`'s foreground part: Flower credentials, the URLs, then honcho with the Procfile.
+# Broker check and topology have already run (make's prerequisites).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN="${BIN:-.venv/bin}"
+case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
+CREDENTIALS_FILE="${KITTY_FLOWER_CREDENTIALS_FILE:-.flower-credentials}"
+
+# honcho gives .env precedence over the shell's environment; read it the same way
+# here so that the banner shows what the processes will really get.
+if [ -f .env ]; then
+  eval "$("$BIN/python" - <<'PY'
+import shlex
+from honcho.environ import parse
+with open(".env") as f:
+    for key, value in parse(f.read()).items():
+        print(f"export {key}={shlex.quote(value)}")
+PY
+)"
+fi
+
+# Flower never runs without basic auth. Without FLOWER_BASIC_AUTH we make one
+# random password per checkout and keep it (mode 600, git-ignored), so a browser
+# that saved it keeps working across restarts.
+if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then
+  if [ ! -s "$CREDENTIALS_FILE" ]; then
+    (umask 077 && printf 'kitty:%s\n' "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(18))')" \
+      >"$CREDENTIALS_FILE")
+  fi
+  FLOWER_BASIC_AUTH="$(head -n 1 "$CREDENTIALS_FILE")"
+  flower_source="generated, kept in $CREDENTIALS_FILE"
+else
+  flower_source="from FLOWER_BASIC_AUTH"
+fi
+export FLOWER_BASIC_AUTH
+
+export FLOWER_PORT="${FLOWER_PORT:-5555}"
+export KITTY_EXPORTER_PORT="${KITTY_EXPORTER_PORT:-9808}"
+export KITTY_RESEARCH_METRICS_PORT="${KITTY_RESEARCH_METRICS_PORT:-9101}"
+export KITTY_CAD_METRICS_PORT="${KITTY_CAD_METRICS_PORT:-9102}"
+export KITTY_BRAIN_METRICS_PORT="${KITTY_BRAIN_METRICS_PORT:-9103}"
+management="${KITTY_MANAGEMENT_URL:-http://localhost:15672}"
+broker_metrics="$(printf '%s' "$management" | sed -E 's#:[0-9]+/*$#:15692#')"
+flower_user="${FLOWER_BASIC_AUTH%%:*}"
+flower_password="${FLOWER_BASIC_AUTH#*:}"
+flower_password="${flower_password%%,*}"
+
+cat <<BANNER
+kitty_tasks is starting (Ctrl-C stops every process)
+  Flower               http://127.0.0.1:${FLOWER_PORT}    user ${flower_user}, password ${flower_password} (${flower_source})
+  RabbitMQ management  ${management}
+  Platform metrics     http://127.0.0.1:${KITTY_EXPORTER_PORT}/metrics
+  Worker metrics       http://127.0.0.1:${KITTY_RESEARCH_METRICS_PORT}/metrics (research), :${KITTY_CAD_METRICS_PORT} (cad), :${KITTY_BRAIN_METRICS_PORT} (brain)
+  Flower metrics       http://127.0.0.1:${FLOWER_PORT}/metrics
+  Broker metrics       ${broker_metrics}/metrics
+Then, in another shell: make demo
+BANNER
+
+# The Procfile names commands (celery, kitty-tasks, python) as installed in the venv.
+PATH="$BIN:$PATH"
+export PATH
+# exec: honcho becomes the foreground process, so Ctrl-C reaches it directly.
+exec "$BIN/honcho" start -f Procfile
