@@ -12,7 +12,7 @@ from kombu import Connection
 from kitty_tasks.broker import apply_topology, compare_topology, vhost_of
 from kitty_tasks.management import ManagementClient, ManagementError
 from kitty_tasks.settings import get_settings
-from kitty_tasks.topology import TOPOLOGY, definitions_json
+from kitty_tasks.topology import TOPOLOGY, QueueType, build_topology, definitions_json
 
 __all__ = ["main"]
 
@@ -67,9 +67,13 @@ def topology_apply(ctx: click.Context) -> None:
     "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=DEFINITIONS_PATH,
     show_default=True, help="File to write; '-' for stdout.",
 )
-def topology_export(output: Path) -> None:
+@click.option(
+    "--queue-type", type=click.Choice([t.value for t in QueueType]), default=QueueType.CLASSIC.value,
+    show_default=True, help="Type of the event and audit queues (quorum for a cluster).",
+)
+def topology_export(output: Path, queue_type: str) -> None:
     """Write the topology as RabbitMQ definitions (for the broker's load_definitions)."""
-    text = definitions_json(TOPOLOGY)
+    text = definitions_json(build_topology(event_queue_type=QueueType(queue_type)))
     if str(output) == "-":
         click.echo(text, nl=False)
         return
