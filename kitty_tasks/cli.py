@@ -10,6 +10,8 @@ import click
 from kombu import Connection
 
 from kitty_tasks.broker import apply_topology, compare_topology, vhost_of
+from kitty_tasks.cli_dlq import dlq
+from kitty_tasks.cli_ops import health, metrics, tasks
 from kitty_tasks.management import ManagementClient, ManagementError
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import TOPOLOGY, QueueType, build_topology, definitions_json
@@ -22,7 +24,9 @@ DEFINITIONS_PATH = Path("compose/rabbitmq/definitions.json")
 @click.group()
 @click.option("--url", envvar="RABBITMQ_URL", default=None, help="AMQP URL (env RABBITMQ_URL).")
 @click.option(
-    "--management-url", envvar="KITTY_MANAGEMENT_URL", default=None,
+    "--management-url",
+    envvar="KITTY_MANAGEMENT_URL",
+    default=None,
     help="Management API base URL (env KITTY_MANAGEMENT_URL).",
 )
 @click.pass_context
@@ -33,6 +37,12 @@ def main(ctx: click.Context, url: str | None, management_url: str | None) -> Non
         "url": url or settings.rabbitmq_url,
         "management_url": management_url or settings.management_url,
     }
+
+
+main.add_command(health)
+main.add_command(dlq)
+main.add_command(tasks)
+main.add_command(metrics)
 
 
 def management(ctx: click.Context) -> ManagementClient:
@@ -55,7 +65,9 @@ def topology_apply(ctx: click.Context) -> None:
             connection.ensure_connection(max_retries=3)
             apply_topology(connection, TOPOLOGY)
     except Exception as err:
-        raise click.ClickException(f"cannot apply the topology on {vhost_of(url)!r}: {err}") from err
+        raise click.ClickException(
+            f"cannot apply the topology on {vhost_of(url)!r}: {err}"
+        ) from err
     click.echo(
         f"applied {len(TOPOLOGY.exchanges)} exchanges and {len(TOPOLOGY.queues)} queues "
         f"to vhost {vhost_of(url)!r}"
@@ -64,12 +76,19 @@ def topology_apply(ctx: click.Context) -> None:
 
 @topology.command("export")
 @click.option(
-    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=DEFINITIONS_PATH,
-    show_default=True, help="File to write; '-' for stdout.",
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFINITIONS_PATH,
+    show_default=True,
+    help="File to write; '-' for stdout.",
 )
 @click.option(
-    "--queue-type", type=click.Choice([t.value for t in QueueType]), default=QueueType.CLASSIC.value,
-    show_default=True, help="Type of the event and audit queues (quorum for a cluster).",
+    "--queue-type",
+    type=click.Choice([t.value for t in QueueType]),
+    default=QueueType.CLASSIC.value,
+    show_default=True,
+    help="Type of the event and audit queues (quorum for a cluster).",
 )
 def topology_export(output: Path, queue_type: str) -> None:
     """Write the topology as RabbitMQ definitions (for the broker's load_definitions)."""
