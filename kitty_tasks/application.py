@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+# Importing connects the task metrics and the publish-time stamp (Celery signals).
+import kitty_tasks.signals  # noqa: F401
+
 __all__ = ["app"]
 
 # The configuration is read lazily, on first use, so the environment can still be set
