@@ -1,0 +1,1 @@
+"""Throughput and latency benchmarks: the platform against raw clients and Dramatiq, same run."""

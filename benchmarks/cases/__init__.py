@@ -1,0 +1,13 @@
+"""The issue's cases, one module per pattern; ``CASES`` lists them in run order."""
+
+from __future__ import annotations
+
+from benchmarks.cases.tasks import TaskDrain, TaskEnqueue
+from benchmarks.harness import Case
+
+__all__ = ["CASES"]
+
+CASES: dict[str, type[Case]] = {
+    TaskEnqueue.name: TaskEnqueue,
+    TaskDrain.name: TaskDrain,
+}

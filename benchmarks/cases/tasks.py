@@ -1,0 +1,261 @@
+"""Task cases: confirmed enqueue, and draining 20,000 pre-enqueued no-op tasks."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+import amqp
+
+from benchmarks import marks
+from benchmarks.cpu import CpuClock, broker_pid
+from benchmarks.env import BenchEnv
+from benchmarks.harness import Case, Sample, Target, Variant, measure
+from benchmarks.payload import PAYLOAD, body
+from kitty_tasks.topology import BRAIN_COMMANDS, RESEARCH_TASKS, TASKS_EXCHANGE
+
+__all__ = ["TaskDrain", "TaskEnqueue"]
+
+#: Seconds a drain may take before the trial counts as failed.
+DRAIN_TIMEOUT = 240.0
+#: Worker processes on both sides of the drain (the machine has 2 cores).
+DRAIN_PROCESSES = 2
+
+
+class TaskEnqueue(Case):
+    """``task.delay()`` and ``TaskQueue.submit`` vs py-amqp per-message confirm, Dramatiq send."""
+
+    name = "task_enqueue"
+    title = "task enqueue, confirmed"
+
+    def setup(self, env: BenchEnv, *, quick: bool) -> None:
+        from benchmarks import tasks_celery, tasks_dramatiq
+        from kitty_tasks.taskqueue import TaskQueue
+
+        self.env = env
+        self.count = 300 if quick else 1000
+        self.clock = CpuClock(broker_pid())
+        tasks_celery.app.conf.broker_url = env.url
+        self.noop = tasks_celery.noop
+        self.taskqueue = TaskQueue(env.url, RESEARCH_TASKS).connect()
+        self.dramatiq = tasks_dramatiq.noop
+        self.dramatiq.send(-1, -1, PAYLOAD)  # declares Dramatiq's queues
+        self.raw = env.amqp_connection()
+        self.raw_channel = self.raw.channel()
+        self.raw_channel.confirm_select()
+        self._purge()
+
+    def _purge(self) -> None:
+        from benchmarks.tasks_dramatiq import QUEUE
+
+        self.env.purge(BRAIN_COMMANDS, RESEARCH_TASKS, QUEUE)
+
+    def variants(self) -> list[Variant]:
+        return [
+            Variant("task.delay", self._delay, platform=True),
+            Variant("TaskQueue.submit", self._submit, platform=True),
+            Variant("py-amqp confirm", self._raw),
+            Variant("Dramatiq send", self._dramatiq),
+        ]
+
+    def targets(self) -> list[Target]:
+        return [
+            Target(
+                "task enqueue >= 0.9 x raw confirmed",
+                "task.delay",
+                "py-amqp confirm",
+                threshold=0.9,
+            ),
+            Target("task enqueue >= Dramatiq send", "task.delay", "Dramatiq send", threshold=1.0),
+            Target(
+                "TaskQueue.submit >= 0.9 x raw confirmed",
+                "TaskQueue.submit",
+                "py-amqp confirm",
+                threshold=0.9,
+            ),
+        ]
+
+    def _delay(self) -> Sample:
+        with measure(self.clock, self.count) as sample:
+            for i in range(self.count):
+                self.noop.delay(i, -1, PAYLOAD)
+        self._purge()
+        return sample
+
+    def _submit(self) -> Sample:
+        with measure(self.clock, self.count) as sample:
+            for _ in range(self.count):
+                self.taskqueue.submit("bench_noop", PAYLOAD)
+        self._purge()
+        return sample
+
+    def _raw(self) -> Sample:
+        channel = self.raw_channel
+        with measure(self.clock, self.count) as sample:
+            for i in range(self.count):
+                channel.basic_publish_confirm(
+                    amqp.Message(body(i), delivery_mode=2, content_type="application/json"),
+                    exchange=TASKS_EXCHANGE,
+                    routing_key=BRAIN_COMMANDS,
+                    mandatory=True,
+                )
+        self._purge()
+        return sample
+
+    def _dramatiq(self) -> Sample:
+        with measure(self.clock, self.count) as sample:
+            for i in range(self.count):
+                self.dramatiq.send(i, -1, PAYLOAD)
+        self._purge()
+        return sample
+
+    def teardown(self) -> None:
+        for closer in (getattr(self, "raw", None), getattr(self, "taskqueue", None)):
+            if closer is not None:
+                try:
+                    closer.close() if isinstance(closer, amqp.Connection) else closer.disconnect()
+                except Exception as err:  # a failed teardown must not hide the trial's error
+                    print(f"  teardown: {err}", file=sys.stderr)
+
+
+class TaskDrain(Case):
+    """20,000 pre-enqueued no-op tasks drained by the platform's worker vs Dramatiq's."""
+
+    name = "task_drain"
+    title = "task drain (2 processes, acks late, priority queue)"
+
+    def setup(self, env: BenchEnv, *, quick: bool) -> None:
+        from benchmarks import tasks_celery, tasks_dramatiq
+
+        self.env = env
+        self.count = 2000 if quick else 20000
+        self.broker = broker_pid()
+        self.celery_app = tasks_celery.app
+        self.celery_app.conf.broker_url = env.url
+        self.dramatiq_queue = tasks_dramatiq.QUEUE
+        tasks_dramatiq.noop.send(-1, -1, PAYLOAD)  # declares Dramatiq's queues
+        self.dramatiq_encode = lambda i: tasks_dramatiq.noop.message(i, self.count - 1, PAYLOAD)
+        env.purge(BRAIN_COMMANDS, self.dramatiq_queue)
+
+    def variants(self) -> list[Variant]:
+        return [
+            Variant("celery worker", self._celery, platform=True),
+            Variant("Dramatiq worker", self._dramatiq),
+        ]
+
+    def targets(self) -> list[Target]:
+        return [Target("task drain >= Dramatiq", "celery worker", "Dramatiq worker")]
+
+    def _celery_messages(self) -> list[tuple[amqp.Message, str, str]]:
+        out = []
+        for i in range(self.count):
+            task_id = str(uuid.uuid4())
+            headers, properties, task_body, _ = self.celery_app.amqp.as_task_v2(
+                task_id, "bench.noop", args=(i, self.count - 1, PAYLOAD)
+            )
+            message = amqp.Message(
+                json.dumps(task_body).encode(),
+                content_type="application/json",
+                content_encoding="utf-8",
+                application_headers=headers,
+                delivery_mode=2,
+                priority=0,
+                **{k: v for k, v in properties.items() if v is not None},
+            )
+            out.append((message, TASKS_EXCHANGE, BRAIN_COMMANDS))
+        return out
+
+    def _dramatiq_messages(self) -> list[tuple[amqp.Message, str, str]]:
+        return [
+            (
+                amqp.Message(self.dramatiq_encode(i).encode(), delivery_mode=2),
+                "",
+                self.dramatiq_queue,
+            )
+            for i in range(self.count)
+        ]
+
+    def _fill(self, queue: str, messages: list[tuple[amqp.Message, str, str]]) -> None:
+        # Unconfirmed for speed; we then wait until the queue holds every message.
+        conn = self.env.amqp_connection()
+        try:
+            channel = conn.channel()
+            channel.queue_purge(queue)
+            for message, exchange, key in messages:
+                channel.basic_publish(message, exchange=exchange, routing_key=key)
+            deadline = time.monotonic() + 60
+            while channel.queue_declare(queue, passive=True).message_count < len(messages):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{queue} did not fill up to {len(messages)}")
+                time.sleep(0.05)
+        finally:
+            conn.close()
+
+    def _celery(self) -> Sample:
+        self._fill(BRAIN_COMMANDS, self._celery_messages())
+        # The Procfile's worker command, on 2 processes, with the bench task module.
+        command = [
+            sys.executable, "-m", "celery", "-A", "benchmarks.tasks_celery", "worker",
+            "-Q", BRAIN_COMMANDS, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h",
+            "-c", str(DRAIN_PROCESSES), "--loglevel", "WARNING",
+        ]  # fmt: skip
+        return self._drain(command)
+
+    def _dramatiq(self) -> Sample:
+        self._fill(self.dramatiq_queue, self._dramatiq_messages())
+        command = [
+            sys.executable, "-m", "dramatiq", "benchmarks.tasks_dramatiq",
+            "--processes", str(DRAIN_PROCESSES),
+        ]  # fmt: skip
+        return self._drain(command)
+
+    def _drain(self, command: list[str]) -> Sample:
+        workdir = self.env.workdir
+        marks.clear(workdir)
+        # A file, not a pipe: a chatty worker would block on a full pipe nobody reads.
+        self.log = workdir / f"{command[2]}.log"
+        with self.log.open("wb") as log:
+            proc = subprocess.Popen(
+                command, env=self.env.subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+            )
+        clock = CpuClock(self.broker, helpers=(proc.pid,), include_self=False)
+        try:
+            start = self._wait_mark("first", proc)
+            client0, broker0 = clock.read()
+            end = self._wait_mark("last", proc)
+            client1, broker1 = clock.read()
+        finally:
+            _stop(proc)
+        return Sample(
+            messages=self.count,
+            seconds=end - start,
+            client_cpu=client1 - client0,
+            broker_cpu=broker1 - broker0,
+        )
+
+    def _wait_mark(self, name: str, proc: subprocess.Popen[Any]) -> float:
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while (value := marks.read(self.env.workdir, name)) is None:
+            if proc.poll() is not None:
+                err = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"worker exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no '{name}' mark within {DRAIN_TIMEOUT:g}s")
+            time.sleep(0.002)
+        return value
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """Warm shutdown, then kill; the process is ours, so only it and its children get signals."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
