@@ -14,6 +14,11 @@ __all__ = ["app"]
 app = Celery(
     "kitty_tasks",
     task_cls="kitty_tasks.task:KittyTask",
-    include=["kitty_tasks.research", "kitty_tasks.cad", "kitty_tasks.brain", "kitty_tasks.taskqueue"],
+    include=[
+        "kitty_tasks.research",
+        "kitty_tasks.cad",
+        "kitty_tasks.brain",
+        "kitty_tasks.taskqueue",
+    ],
 )
 app.config_from_object("celeryconfig")

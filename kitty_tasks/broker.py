@@ -27,7 +27,9 @@ class Difference:
     detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.entity} {self.name}" + (f": {self.detail}" if self.detail else "")
+        return f"{self.kind} {self.entity} {self.name}" + (
+            f": {self.detail}" if self.detail else ""
+        )
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -47,7 +49,9 @@ def apply_topology(connection: Connection, topology: Topology = TOPOLOGY) -> Non
                 ex.name, ex.type, durable=ex.durable, auto_delete=False, arguments=ex.arguments
             )
         for q in topology.queues:
-            channel.queue_declare(q.name, durable=q.durable, auto_delete=False, arguments=q.arguments)
+            channel.queue_declare(
+                q.name, durable=q.durable, auto_delete=False, arguments=q.arguments
+            )
             for binding in q.bindings:
                 channel.queue_bind(q.name, binding.exchange, binding.routing_key)
     finally:
@@ -75,7 +79,9 @@ def compare_topology(
         if live["type"] != ex.type or live["durable"] != ex.durable:
             differences.append(
                 Difference(
-                    "inequivalent", "exchange", ex.name,
+                    "inequivalent",
+                    "exchange",
+                    ex.name,
                     f"type/durable {live['type']}/{live['durable']}, "
                     f"code says {ex.type}/{ex.durable}",
                 )
@@ -83,7 +89,9 @@ def compare_topology(
         if (live.get("arguments") or {}) != ex.arguments:
             differences.append(
                 Difference(
-                    "inequivalent", "exchange", ex.name,
+                    "inequivalent",
+                    "exchange",
+                    ex.name,
                     f"arguments {live.get('arguments')}, code says {ex.arguments}",
                 )
             )
@@ -110,7 +118,9 @@ def compare_topology(
         if (binding.exchange, queue, binding.routing_key) not in live_bindings:
             differences.append(
                 Difference(
-                    "missing", "binding", f"{binding.exchange} -> {queue}",
+                    "missing",
+                    "binding",
+                    f"{binding.exchange} -> {queue}",
                     f"routing key {binding.routing_key!r}",
                 )
             )

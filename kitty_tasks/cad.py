@@ -37,7 +37,9 @@ def _box(w: float, d: float, h: float) -> list[Triangle]:
 
 
 def _cylinder(r: float, h: float, n: int) -> list[Triangle]:
-    ring = [(r * math.cos(2 * math.pi * i / n), r * math.sin(2 * math.pi * i / n)) for i in range(n)]
+    ring = [
+        (r * math.cos(2 * math.pi * i / n), r * math.sin(2 * math.pi * i / n)) for i in range(n)
+    ]
     triangles: list[Triangle] = []
     for i in range(n):
         (x0, y0), (x1, y1) = ring[i], ring[(i + 1) % n]
@@ -53,7 +55,11 @@ def _sphere(r: float, n: int) -> list[Triangle]:
 
     def point(i: int, j: int) -> Vertex:
         theta, phi = math.pi * i / stacks, 2 * math.pi * j / slices
-        return (r * math.sin(theta) * math.cos(phi), r * math.sin(theta) * math.sin(phi), r * math.cos(theta))
+        return (
+            r * math.sin(theta) * math.cos(phi),
+            r * math.sin(theta) * math.sin(phi),
+            r * math.cos(theta),
+        )
 
     triangles: list[Triangle] = []
     for i in range(stacks):

@@ -18,11 +18,29 @@ __all__ = [
     "TASK_RUNTIME",
 ]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
 _TASK_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 
 #: outcome: succeeded, failed, retried, dead_lettered
-TASKS = Counter("kitty_tasks", "Tasks finished, by task, queue and outcome", ["task", "queue", "outcome"])
+TASKS = Counter(
+    "kitty_tasks", "Tasks finished, by task, queue and outcome", ["task", "queue", "outcome"]
+)
 TASK_RUNTIME = Histogram(
     "kitty_task_runtime_seconds", "Task run time", ["task", "queue"], buckets=_TASK_BUCKETS
 )

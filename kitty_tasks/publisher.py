@@ -1,8 +1,8 @@
-"""Confirmed, mandatory publishing on one channel: waits once per batch, raises on nack or return."""
+"""Confirmed, mandatory publishing on one channel: one wait per batch; nack or return raises."""
 
 from __future__ import annotations
 
-import socket
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -108,7 +108,9 @@ class ConfirmedPublisher:
         for message in messages:
             properties = {"delivery_mode": 2, **message.properties}
             properties.setdefault("message_id", uuid.uuid4().hex)
-            outgoing = OutgoingMessage(message.body, message.exchange, message.routing_key, properties)
+            outgoing = OutgoingMessage(
+                message.body, message.exchange, message.routing_key, properties
+            )
             channel._basic_publish(
                 amqp.Message(outgoing.body, **properties),
                 exchange=outgoing.exchange,
@@ -156,14 +158,13 @@ class ConfirmedPublisher:
                 )
             try:
                 self.connection.drain_events(timeout=min(remaining, 1.0))
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     def close(self) -> None:
         """Close the channel; the connection stays with its owner."""
         channel, self._channel = self._channel, None
         if channel is not None:
-            try:
+            # The channel may already be gone with its connection.
+            with contextlib.suppress(Exception):
                 channel.close()
-            except Exception:  # noqa: S110 - the channel may already be gone with its connection
-                pass

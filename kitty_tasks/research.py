@@ -44,7 +44,7 @@ def rank_documents(query: str, documents: list[Document], limit: int) -> list[di
     average_length = sum(len(b) for b in bodies) / len(bodies) or 1.0
     document_frequency = Counter(term for body in bodies for term in set(body))
     n = len(bodies)
-    ranked = []
+    scored: list[tuple[float, Document]] = []
     for doc, body in zip(documents, bodies, strict=True):
         counts = Counter(body)
         score = 0.0
@@ -52,12 +52,14 @@ def rank_documents(query: str, documents: list[Document], limit: int) -> list[di
             tf = counts.get(term, 0)
             if not tf:
                 continue
-            idf = math.log(1 + (n - document_frequency[term] + 0.5) / (document_frequency[term] + 0.5))
+            idf = math.log(
+                1 + (n - document_frequency[term] + 0.5) / (document_frequency[term] + 0.5)
+            )
             score += idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * len(body) / average_length))
         if score > 0:
-            ranked.append({"id": doc.id, "title": doc.title, "score": round(score, 6)})
-    ranked.sort(key=lambda r: (-r["score"], r["id"]))
-    return ranked[:limit]
+            scored.append((round(score, 6), doc))
+    scored.sort(key=lambda pair: (-pair[0], pair[1].id))
+    return [{"id": d.id, "title": d.title, "score": s} for s, d in scored[:limit]]
 
 
 @app.task(name="research.paper")

@@ -18,7 +18,9 @@ class RetryPlan:
     delay: float
 
 
-def backoff_delay(retries: int, *, base: float = 1.0, cap: float = 7200.0, factor: float = 4.0) -> float:
+def backoff_delay(
+    retries: int, *, base: float = 1.0, cap: float = 7200.0, factor: float = 4.0
+) -> float:
     """Exponential backoff before retry number ``retries + 1``, capped, without jitter."""
     if retries < 0:
         raise ValueError(f"retries must be >= 0, got {retries}")

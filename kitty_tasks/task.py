@@ -113,11 +113,21 @@ class KittyTask(Task):  # type: ignore[misc]
             )
             exchange = delay_exchange_name(plan.bucket)
             logger.warning(
-                LOG_RETRY, self.name, request.id, type(exc).__name__, exc,
-                retries + 1, limit + 1, plan.delay, exchange,
+                LOG_RETRY,
+                self.name,
+                request.id,
+                type(exc).__name__,
+                exc,
+                retries + 1,
+                limit + 1,
+                plan.delay,
+                exchange,
             )
             self.signature_from_request(
-                request, args, kwargs, retries=retries + 1,
+                request,
+                args,
+                kwargs,
+                retries=retries + 1,
             ).apply_async(
                 exchange=Exchange(exchange, type="fanout"),
                 routing_key=queue,
@@ -127,7 +137,9 @@ class KittyTask(Task):  # type: ignore[misc]
             )
             # The copy is confirmed by the broker: only now may the original be acked.
             raise Retry(exc=exc, when=plan.delay) from exc
-        headers = failure_headers(exc, attempts=retries + 1, first_failure=first_failure, queue=queue)
+        headers = failure_headers(
+            exc, attempts=retries + 1, first_failure=first_failure, queue=queue
+        )
         logger.error(LOG_DEAD, self.name, request.id, queue, retries + 1, type(exc).__name__, exc)
         self.signature_from_request(request, args, kwargs).apply_async(
             exchange=Exchange(DLX_EXCHANGE, type="topic"),

@@ -56,7 +56,7 @@ def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
     """Register the dispatch task on ``app``: ``handlers`` first, then the built-in tasks."""
 
     # Not shared: each app gets the dispatcher over its own handler registry.
-    @app.task(name=DISPATCH_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=DISPATCH_TASK, bind=True, shared=False)
     def dispatch(self: Any, task_type: str, data: dict[str, Any]) -> Any:
         handler = handlers.get(task_type) or _builtin_handlers().get(task_type)
         if handler is None:
@@ -85,7 +85,7 @@ def build_app(url: str, handlers: dict[str, Handler]) -> Celery:
 
 
 class TaskQueue:
-    """Submit work to one task queue, or serve it: ``submit``, ``register_handler``, ``start_worker``."""
+    """One task queue of the guide: ``submit`` work to it, or serve it with handlers."""
 
     def __init__(self, url: str | None = None, queue_name: str = "research.tasks") -> None:
         if queue_name not in TASK_QUEUES:
@@ -114,7 +114,10 @@ class TaskQueue:
         return self.connect()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.disconnect()
 
@@ -130,7 +133,11 @@ class TaskQueue:
             raise ValueError("task_type must be a non-empty string")
         if not isinstance(data, dict):
             raise TypeError(f"data must be a JSON object (dict), got {type(data).__name__}")
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not 0 <= priority <= MAX_PRIORITY
+        ):
             raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY}, got {priority!r}")
         retries = get_settings().max_retries if max_retries is None else max_retries
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -141,7 +148,9 @@ class TaskQueue:
             raise TypeError(f"data is not JSON-serialisable: {err}") from err
         limit = get_settings().max_message_bytes
         if size > limit:
-            raise PayloadTooLarge(f"task data is {size} bytes, over KITTY_MAX_MESSAGE_BYTES={limit}")
+            raise PayloadTooLarge(
+                f"task data is {size} bytes, over KITTY_MAX_MESSAGE_BYTES={limit}"
+            )
         self.connect()
         task_id = str(uuid.uuid4())
         self.app.tasks[DISPATCH_TASK].apply_async(
@@ -172,7 +181,8 @@ class TaskQueue:
             pool="threads",
             concurrency=prefetch_count,
             queues=[self.queue],
-            hostname=hostname or f"taskqueue-{self.queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+            hostname=hostname
+            or f"taskqueue-{self.queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
             without_mingle=True,
             without_gossip=True,
             loglevel="INFO",

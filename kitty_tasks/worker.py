@@ -11,9 +11,7 @@ __all__ = ["KittyConsumer"]
 
 logger = logging.getLogger(__name__)
 
-LOG_UNDECODABLE = (
-    "undecodable message (%s, content-type %r) rejected to its dead-letter queue: %s"
-)
+LOG_UNDECODABLE = "undecodable message (%s, content-type %r) rejected to its dead-letter queue: %s"
 
 
 class KittyConsumer(Consumer):  # type: ignore[misc]

@@ -6,7 +6,6 @@ import os
 import socket
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from kombu import Connection

@@ -72,7 +72,7 @@ class CeleryWorker:
     def start(self, timeout: float = 60.0) -> CeleryWorker:
         """Start the worker and wait until it consumes every one of its queues."""
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            self.process = subprocess.Popen(
                 self.args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -67,7 +67,7 @@ def guide_worker(amqp_url: str, tmp_path: Path):
     seen = tmp_path / "seen.jsonl"
     log = (tmp_path / "worker.log").open("wb")
     env = {**os.environ, "RABBITMQ_URL": amqp_url, "SEEN_FILE": str(seen), "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [sys.executable, str(script)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
     )
     wait_for(lambda: queue_counts(amqp_url, RESEARCH_TASKS)[1] == 1, 60, 0.25)
@@ -120,7 +120,9 @@ def test_failed_handler_is_retried_with_its_retry_count(amqp_url: str, guide_wor
 def test_unregistered_task_type_is_dead_lettered_with_the_reason(amqp_url: str, guide_worker):
     with TaskQueue(amqp_url, "research.tasks") as queue:
         task_id = queue.submit("translate_paper", {"query": "x"})
-        with pytest.raises(Exception, match="no handler registered for task type 'translate_paper'"):
+        with pytest.raises(
+            Exception, match=r"no handler registered for task type 'translate_paper'"
+        ):
             queue.result(task_id, timeout=30)
     wait_for(lambda: queue_counts(amqp_url, dlq_name(RESEARCH_TASKS))[0] == 1, 10)
     [dead] = drain(amqp_url, dlq_name(RESEARCH_TASKS))
@@ -163,7 +165,7 @@ def test_bad_submissions_are_refused_before_sending(amqp_url: str, kwargs, error
 
 
 def test_unknown_queue_is_refused():
-    with pytest.raises(ValueError, match="unknown task queue 'research.task'"):
+    with pytest.raises(ValueError, match=r"unknown task queue 'research\.task'"):
         TaskQueue("amqp://guest:guest@localhost:5672//", "research.task")
 
 
@@ -178,9 +180,12 @@ def test_full_queue_raises_publish_rejected_and_keeps_what_it_holds(amqp_url: st
     wait_for(lambda: queue_counts(amqp_url, CAD_TASKS)[0] == limit, 30)
 
     # When the brain publishes one more task, the Celery way and the guide's way
-    with pytest.raises(PublishRejected, match="cad.tasks") as celery_refused:
+    with pytest.raises(PublishRejected, match=r"cad\.tasks") as celery_refused:
         cad_generate.apply_async(kwargs={"primitive": "box"})
-    with TaskQueue(amqp_url, "cad.tasks") as queue, pytest.raises(PublishRejected, match="cad.tasks"):
+    with (
+        TaskQueue(amqp_url, "cad.tasks") as queue,
+        pytest.raises(PublishRejected, match=r"cad\.tasks"),
+    ):
         queue.submit("cad_generate", {"primitive": "box"})
 
     # Then the error names the queue, and nothing already queued was lost

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 import uuid
@@ -113,12 +114,14 @@ def test_flaky_task_retries_through_the_delay_ladder(
 
     runs = runs_in(log)
     assert [retries for _, retries in runs] == [0, 1, 2]
-    gaps = [b - a for (a, _), (b, _) in zip(runs, runs[1:], strict=False)]
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(runs)]
     assert gaps[1] > gaps[0], f"backoff should grow, gaps were {gaps}"
     assert held == 1
     assert waiting_in_ladder, "the third run came before the worker was inspected"
-    assert reserved and all(not tasks for tasks in reserved.values()), reserved
-    assert active and all(not tasks for tasks in active.values()), active
+    assert reserved, "the worker did not answer inspect().reserved()"
+    assert all(not tasks for tasks in reserved.values()), reserved
+    assert active, "the worker did not answer inspect().active()"
+    assert all(not tasks for tasks in active.values()), active
 
 
 def _hostname() -> str:

@@ -74,7 +74,10 @@ def test_pick_bucket_needs_buckets():
 
 
 def test_subscriber_queue_names_are_readable():
-    assert subscriber_queue_name("audit-service", "fabrication.#") == "audit-service.fabrication.all.events"
+    assert (
+        subscriber_queue_name("audit-service", "fabrication.#")
+        == "audit-service.fabrication.all.events"
+    )
     assert subscriber_queue_name("x", "a.*.c") == "x.a.any.c.events"
 
 
