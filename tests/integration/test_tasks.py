@@ -251,3 +251,15 @@ def test_retry_copy_goes_through_the_named_bucket(amqp_url: str):
     [back] = drain(amqp_url, dlq_name(RESEARCH_TASKS))
     assert back.headers["x-death"][0]["reason"] == "expired"
     assert back.headers["x-death"][0]["queue"] == delay_exchange_name(1)
+
+
+def test_expired_task_message_is_dead_lettered_by_the_broker(amqp_url: str, research_queue: str):
+    # Given a task published with a 100 ms AMQP expiration while no worker runs
+    research_paper.apply_async(("stale query",), expiration=0.1)
+
+    # Then the broker moves it to research.tasks.dlq with x-death reason "expired"
+    wait_for(lambda: queue_counts(amqp_url, dlq_name(research_queue))[0] == 1, 10)
+    [dead] = drain(amqp_url, dlq_name(research_queue))
+    assert dead.headers["task"] == "research.paper"
+    assert dead.headers["x-death"][0]["reason"] == "expired"
+    assert queue_counts(amqp_url, research_queue)[0] == 0
