@@ -1,0 +1,50 @@
+"""Typed events over the ``kitty.events`` topic exchange: envelope, bus, schemas, idempotency."""
+
+from __future__ import annotations
+
+from events.bus import EventBus, Handler, Subscription
+from events.envelope import Event
+from events.errors import (
+    ConfigurationError,
+    DecodeError,
+    EventError,
+    InvalidEvent,
+    NotConnected,
+    PayloadTooLarge,
+    Permanent,
+    PublishError,
+    PublishRejected,
+    PublishTimeout,
+    SchemaError,
+    UnreadableVersion,
+    Unroutable,
+)
+from events.idempotency import IdempotencyStore, MemoryStore, SQLiteStore, idempotent
+from events.schemas import SchemaRegistry, default_registry, register_schema
+
+__all__ = [
+    "ConfigurationError",
+    "DecodeError",
+    "Event",
+    "EventBus",
+    "EventError",
+    "Handler",
+    "IdempotencyStore",
+    "InvalidEvent",
+    "MemoryStore",
+    "NotConnected",
+    "PayloadTooLarge",
+    "Permanent",
+    "PublishError",
+    "PublishRejected",
+    "PublishTimeout",
+    "SQLiteStore",
+    "SchemaError",
+    "SchemaRegistry",
+    "Subscription",
+    "UnreadableVersion",
+    "Unroutable",
+    "default_registry",
+    "idempotent",
+    "register_schema",
+]
