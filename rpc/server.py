@@ -1,0 +1,359 @@
+"""RPCServer: serves a service's request queue with a pool of handler threads, replying at once."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import amqp
+from pydantic import BaseModel, ValidationError
+
+from kitty_tasks.deadletter import failure_headers
+from kitty_tasks.settings import get_settings
+from kitty_tasks.topology import (
+    DLX_EXCHANGE,
+    DLX_UNROUTED_EXCHANGE,
+    RPC_EXCHANGE,
+    TOPOLOGY,
+    dead_letter_arguments,
+    dlq_name,
+)
+from rpc.errors import MalformedRequest, NotConnected, UnknownMethod
+from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
+from rpc.protocol import (
+    CONTENT_TYPE,
+    H_METHOD,
+    deadline_passed,
+    decode_request,
+    encode_error,
+    encode_result,
+)
+
+__all__ = ["DEFAULT_CONCURRENCY", "Handler", "RPCServer"]
+
+logger = logging.getLogger(__name__)
+
+#: Handler threads (and prefetched requests) of a server unless told otherwise.
+DEFAULT_CONCURRENCY = 4
+#: Seconds ``stop`` waits for running handlers before closing the connection anyway.
+DEFAULT_STOP_TIMEOUT = 30.0
+
+LOG_HANDLER_FAILED = "%s: handler for method %s failed; replying with %s"
+LOG_EXPIRED = "%s: skipping a request whose deadline passed (correlation id %s)"
+LOG_DEAD_LETTERED = "%s: request without reply_to failed (%s); dead-lettered to %s"
+LOG_ACK_FAILED = "%s: could not ack a request (%s); the broker will redeliver it"
+LOG_REPLY_FAILED = "%s: could not send a reply (%s)"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Handler:
+    """A method's function and its optional pydantic request and response models."""
+
+    fn: Callable[[Any], Any]
+    request_model: type[BaseModel] | None = None
+    response_model: type[BaseModel] | None = None
+
+    def invoke(self, payload: dict[str, Any]) -> Any:
+        """Validate ``payload``, run the function, validate and dump its result."""
+        request: Any = payload
+        if self.request_model is not None:
+            request = self.request_model.model_validate(payload)
+        result = self.fn(request)
+        if self.response_model is not None:
+            if not isinstance(result, self.response_model):
+                result = self.response_model.model_validate(result)
+            return result.model_dump(mode="json")
+        return result
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    generation: int
+    message: amqp.Message
+
+
+class RPCServer:
+    """Serves one service: a durable queue bound to ``kitty.rpc`` with the service name.
+
+    ``concurrency`` handler threads run requests, with as many prefetched. A handler's
+    exception, an unserialisable result and a malformed body are answered at once with an
+    error reply (dead-lettered when the request has no ``reply_to``); a request whose deadline
+    passed is dropped unexecuted. The server reconnects after a dropped connection.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        service: str = "",
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        prefetch: int | None = None,
+        max_message_bytes: int | None = None,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        if not service:
+            raise ValueError("an RPC server needs a service name, e.g. RPCServer(url, 'math.rpc')")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if prefetch is not None and prefetch < concurrency:
+            raise ValueError(f"prefetch ({prefetch}) must be at least concurrency ({concurrency})")
+        settings = get_settings()
+        self.url = url or settings.rabbitmq_url
+        self.service = service
+        self.concurrency = concurrency
+        self.prefetch = prefetch or concurrency
+        self.max_message_bytes = max_message_bytes or settings.max_message_bytes
+        self._link = Link(
+            self.url,
+            name=f"rpc-server {service}",
+            heartbeat=heartbeat,
+            connect_timeout=connect_timeout,
+        )
+        self._handlers: dict[str | None, Handler] = {}
+        self._work: queue.SimpleQueue[_Delivery | None] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._stop_timeout = DEFAULT_STOP_TIMEOUT
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def register_handler(
+        self,
+        fn: F,
+        *,
+        request_model: type[BaseModel] | None = None,
+        response_model: type[BaseModel] | None = None,
+    ) -> F:
+        """Serve ``fn(request) -> result`` for calls that name no method (the guide's form)."""
+        self._handlers[None] = Handler(fn, request_model, response_model)
+        return fn
+
+    def add_method(
+        self,
+        name: str,
+        fn: Callable[[Any], Any],
+        *,
+        request_model: type[BaseModel] | None = None,
+        response_model: type[BaseModel] | None = None,
+    ) -> None:
+        """Serve ``fn`` for calls with ``method=name``."""
+        if not name:
+            raise ValueError("a method needs a name; use register_handler for the default")
+        self._handlers[name] = Handler(fn, request_model, response_model)
+
+    def method(
+        self,
+        name: str,
+        *,
+        request_model: type[BaseModel] | None = None,
+        response_model: type[BaseModel] | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator form of ``add_method``: ``@server.method("add")``."""
+
+        def register(fn: F) -> F:
+            self.add_method(name, fn, request_model=request_model, response_model=response_model)
+            return fn
+
+        return register
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect and declare the service's queue, its binding and its DLQ."""
+        if self._link.channel is not None:
+            return
+        try:
+            self._declare(self._link.open())
+        except Exception as err:
+            self._link.close(clean=False)
+            raise NotConnected(f"cannot set up RPC service {self.service!r}: {err}") from err
+
+    def start(self) -> None:
+        """Serve requests until ``stop()`` (or Ctrl-C); blocking. Reconnects after a drop."""
+        self._stopped.clear()
+        self._stopping.clear()
+        try:
+            self.connect()
+            self._consume(self._link.channel)
+            self._link.ready.set()
+            self._workers = [
+                threading.Thread(
+                    target=self._work_loop, name=f"rpc-{self.service}-{i}", daemon=True
+                )
+                for i in range(self.concurrency)
+            ]
+            for worker in self._workers:
+                worker.start()
+            self._link.serve(self._stopping, setup=self._setup, on_lost=self._on_lost)
+        except KeyboardInterrupt:
+            self._stopping.set()
+        finally:
+            self._shutdown()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop consuming, let running handlers finish (up to ``timeout``), close; thread-safe."""
+        if timeout is not None:
+            self._stop_timeout = timeout
+        self._stopping.set()
+        self._link.wake()
+        if threading.current_thread() not in self._workers:
+            self._stopped.wait(self._stop_timeout + 5)
+
+    @property
+    def running(self) -> bool:
+        """True from ``start()`` until the server has shut down."""
+        return not self._stopped.is_set()
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _declare(self, channel: amqp.Channel) -> None:
+        # Declared from the topology so that a bare broker works; identical re-declares are no-ops.
+        for name in (RPC_EXCHANGE, DLX_UNROUTED_EXCHANGE, DLX_EXCHANGE):
+            spec = TOPOLOGY.exchange(name)
+            channel.exchange_declare(
+                spec.name,
+                spec.type,
+                durable=spec.durable,
+                auto_delete=False,
+                arguments=spec.arguments,
+            )
+        channel.queue_declare(
+            self.service,
+            durable=True,
+            auto_delete=False,
+            arguments=dead_letter_arguments(self.service),
+        )
+        channel.queue_bind(self.service, RPC_EXCHANGE, self.service)
+        dlq = dlq_name(self.service)
+        channel.queue_declare(dlq, durable=True, auto_delete=False)
+        channel.queue_bind(dlq, DLX_EXCHANGE, self.service)
+
+    def _consume(self, channel: amqp.Channel | None) -> None:
+        if channel is None:
+            raise NotConnected("the server lost its connection before consuming")
+        channel.basic_qos(0, self.prefetch, False)
+        channel.basic_consume(self.service, no_ack=False, callback=self._on_request)
+
+    def _setup(self, channel: amqp.Channel) -> None:
+        self._declare(channel)
+        self._consume(channel)
+
+    def _on_lost(self, err: BaseException) -> None:
+        # Unacked requests go back to the queue with the connection; queued copies are stale
+        # (their generation no longer matches) and are skipped by the workers.
+        logger.debug("%s: connection lost: %s", self.service, err)
+
+    def _on_request(self, message: amqp.Message) -> None:
+        self._work.put(_Delivery(self._link.generation, message))
+
+    def _shutdown(self) -> None:
+        channel = self._link.channel
+        if channel is not None:
+            try:
+                channel.basic_cancel(channel.consumer_tags[0] if channel.consumer_tags else "")
+            except Exception as err:
+                logger.debug("%s: basic.cancel failed: %s", self.service, err)
+        for _ in self._workers:
+            self._work.put(None)
+        for worker in self._workers:
+            worker.join(self._stop_timeout)
+        self._workers = []
+        # Requests prefetched but never started are not acked: closing requeues them.
+        self._link.close(clean=True)
+        while not self._work.empty():
+            self._work.get_nowait()
+        self._stopped.set()
+
+    # -- handler threads -----------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            delivery = self._work.get()
+            if delivery is None:
+                return
+            if self._stopping.is_set() or delivery.generation != self._link.generation:
+                continue  # the broker requeues it with the closing (or closed) channel
+            try:
+                self._process(delivery)
+            except Exception:
+                logger.exception("%s: unexpected failure while processing a request", self.service)
+
+    def _process(self, delivery: _Delivery) -> None:
+        message = delivery.message
+        properties = message.properties
+        headers = properties.get("application_headers") or {}
+        reply_to = properties.get("reply_to")
+        if deadline_passed(headers):
+            logger.info(LOG_EXPIRED, self.service, properties.get("correlation_id"))
+            self._ack(delivery)
+            return
+        method = headers.get(H_METHOD)
+        try:
+            payload = decode_request(message.body)
+            handler = self._handlers.get(method)
+            if handler is None:
+                known = sorted(str(name) for name in self._handlers if name is not None)
+                raise UnknownMethod(
+                    f"service {self.service!r} has no method {method!r}"
+                    + (f" (it has: {', '.join(known)})" if known else "")
+                    if method is not None
+                    else f"service {self.service!r} has no default handler; name a method"
+                )
+            body = encode_result(handler.invoke(payload), max_bytes=self.max_message_bytes)
+        except Exception as err:
+            if not reply_to:
+                self._dead_letter(delivery, err)
+                return
+            if not isinstance(err, (MalformedRequest, UnknownMethod, ValidationError)):
+                logger.warning(
+                    LOG_HANDLER_FAILED, self.service, method, type(err).__name__, exc_info=True
+                )
+            body = encode_error(type(err).__name__, str(err))
+        if reply_to:
+            self._reply(reply_to, properties.get("correlation_id"), body)
+        self._ack(delivery)
+
+    def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
+        reply = amqp.Message(body, content_type=CONTENT_TYPE, correlation_id=correlation_id)
+        try:
+            self._link.publish(reply, "", reply_to)
+        except Exception as err:
+            logger.warning(LOG_REPLY_FAILED, self.service, err)
+
+    def _ack(self, delivery: _Delivery) -> None:
+        channel = self._link.channel
+        if channel is None or delivery.generation != self._link.generation:
+            return  # its channel is gone, so the broker has requeued it already
+        try:
+            channel.basic_ack(delivery.message.delivery_tag)
+        except Exception as err:
+            logger.warning(LOG_ACK_FAILED, self.service, err)
+
+    def _dead_letter(self, delivery: _Delivery, err: Exception) -> None:
+        """Publish the request to ``dlx`` (so into ``<service>.dlq``) with why, then ack it."""
+        message = delivery.message
+        headers = dict(message.properties.get("application_headers") or {})
+        headers.update(failure_headers(err, attempts=1, first_failure=None, queue=self.service))
+        copy = amqp.Message(
+            message.body,
+            content_type=message.properties.get("content_type", CONTENT_TYPE),
+            correlation_id=message.properties.get("correlation_id"),
+            delivery_mode=2,
+            application_headers=headers,
+        )
+        try:
+            self._link.publish(copy, DLX_EXCHANGE, self.service)
+        except Exception as publish_err:
+            logger.warning(LOG_REPLY_FAILED, self.service, publish_err)
+            return
+        logger.warning(LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq_name(self.service))
+        self._ack(delivery)
