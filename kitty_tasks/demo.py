@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 import time
@@ -126,11 +127,10 @@ def events_step(url: str, timeout: float) -> list[str]:
     # A source of its own per run, so its subscription queue holds nothing from earlier runs.
     subscriber = EventBus(url, source=f"demo-audit-{uuid.uuid4().hex[:6]}")
     subscriber.connect()
-    subscriber.subscribe("fabrication.print.#", on_event)
-    consumer = threading.Thread(target=subscriber.start_consuming, name="demo-events", daemon=True)
-    consumer.start()
-    lines = []
+    subscription = subscriber.subscribe("fabrication.print.#", on_event)
+    lines = [f"subscribed to fabrication.print.# on queue {subscription.queue}"]
     try:
+        subscriber.start_consuming(block=False)
         with EventBus(url, source="fabrication-service") as publisher:
             started = publisher.publish(
                 "fabrication.print.started",
@@ -153,17 +153,20 @@ def events_step(url: str, timeout: float) -> list[str]:
             f"subscriber got {e.event_type} from {e.source}: {dict(e.data)}" for e in received
         )
     finally:
-        subscriber.stop()
-        consumer.join(timeout=10)
-        _delete_subscription(subscriber)
+        subscriber.stop(timeout=10)
+        subscriber.disconnect()
+        _delete_queues(url, [subscription.queue, subscription.dead_letter_queue])
     return lines
 
 
-def _delete_subscription(bus: Any) -> None:
-    # The demo's subscription queue would otherwise collect every later print event forever.
-    delete = getattr(bus, "delete_subscriptions", None) or getattr(bus, "unsubscribe_all", None)
-    if callable(delete):
-        delete()
+def _delete_queues(url: str, names: list[str]) -> None:
+    # The demo's own subscription would otherwise collect every later print event forever.
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=5) as connection:
+        channel = connection.channel()
+        for name in names:
+            channel.queue_delete(queue=name)
 
 
 def rpc_step(url: str, timeout: float) -> list[str]:
@@ -187,10 +190,16 @@ def rpc_step(url: str, timeout: float) -> list[str]:
         answer = _call_when_ready(client, {"a": 5, "b": 3}, timeout)
         took = (time.perf_counter() - began) * 1000
         lines.append(f"call {RPC_SERVICE} {{'a': 5, 'b': 3}} -> {answer} in {took:.1f} ms")
+        # The server logs a failing handler's traceback; here the failure is the point.
+        server_log = logging.getLogger("rpc")
+        level = server_log.level
+        server_log.setLevel(logging.CRITICAL)
         try:
             client.call(RPC_SERVICE, {"a": 5}, timeout=timeout)
         except RemoteError as err:
             lines.append(f"call {RPC_SERVICE} {{'a': 5}} -> RemoteError {err.type}: {err.message}")
+        finally:
+            server_log.setLevel(level)
         try:
             client.call("nobody.rpc", {}, timeout=timeout)
         except NoRoute as err:

@@ -58,8 +58,16 @@ kitty_tasks is starting (Ctrl-C stops every process)
 Then, in another shell: make demo
 BANNER
 
+# Prefork workers keep their children's metrics in files (prometheus-client's
+# multiprocess mode): one fresh directory per worker, removed when honcho is done.
+KITTY_METRICS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kitty-metrics.XXXXXX")"
+trap 'rm -rf "$KITTY_METRICS_DIR"' EXIT
+mkdir -p "$KITTY_METRICS_DIR/research" "$KITTY_METRICS_DIR/cad" "$KITTY_METRICS_DIR/brain"
+export KITTY_METRICS_DIR
+
 # The Procfile names commands (celery, kitty-tasks, python) as installed in the venv.
 PATH="$BIN:$PATH"
 export PATH
-# exec: honcho becomes the foreground process, so Ctrl-C reaches it directly.
-exec "$BIN/honcho" start -f Procfile
+# Ctrl-C reaches honcho and this shell together (one foreground process group):
+# honcho stops every process it started, then the trap tidies up.
+"$BIN/honcho" start -f Procfile
