@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from amqp.exceptions import MessageNacked
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 
 from kitty_tasks.deadletter import failure_headers, utc_now
 from kitty_tasks.errors import InvalidInput, Permanent, PublishRejected
-from kitty_tasks.retry import plan_retry
+from kitty_tasks.retry import RetryPlan, plan_retry
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
     DLX_EXCHANGE,
@@ -23,6 +24,7 @@ from kitty_tasks.topology import (
     H_MAX_RETRIES,
     H_ORIGINAL_QUEUE,
     delay_exchange_name,
+    pick_bucket,
 )
 
 __all__ = ["KittyTask"]
@@ -30,6 +32,7 @@ __all__ = ["KittyTask"]
 logger = logging.getLogger(__name__)
 
 LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %d, retrying in %.1fs via %s"
+LOG_COPY_FAILED = "task %s[%s]: copy not published (%s); rejecting it to its DLQ"
 LOG_DEAD = "task %s[%s] dead-lettered to %s after %d attempt(s): %s: %s"
 
 
@@ -97,10 +100,56 @@ class KittyTask(Task):  # type: ignore[misc]
         queue = self.request.get(H_ORIGINAL_QUEUE) or delivery.get("routing_key")
         return str(queue or self._default_queue())
 
+    def retry(  # noqa: PLR0917 - Celery's own signature
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: datetime | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Celery's ``self.retry()``, realised through the delay ladder instead of an ETA.
+
+        Celery's ``autoretry_for`` calls this too, so every retry of every task waits
+        in a ``kitty.delay.*`` queue, never unacked in a worker. Out of retries, the
+        message is dead-lettered and ``exc`` is raised.
+        """
+        request = self.request
+        error = exc if isinstance(exc, Exception) else RuntimeError("retry requested")
+        delay: float | None = countdown
+        if delay is None and eta is not None:
+            delay = max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())
+        self._after_failure(
+            error,
+            request.args if args is None else args,
+            request.kwargs if kwargs is None else kwargs,
+            delay=delay,
+            limit=max_retries,
+        )
+        # Out of retries: the copy is in the DLQ; fail the task with the error itself.
+        raise error
+
     def _on_task_error(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.request.get("kitty_dead_lettered"):
+            return  # already dead-lettered by retry(); Celery's wrapper re-raised it
+        self._after_failure(exc, args, kwargs)
+
+    def _after_failure(
+        self,
+        exc: Exception,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        delay: float | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """Retry ``exc`` through the ladder (raises ``Retry``) or dead-letter it (returns)."""
         request = self.request
         retries = int(request.retries or 0)
-        limit = self.retry_limit()
+        limit = self.retry_limit() if limit is None else limit
         queue = self.source_queue()
         first_failure = request.get(H_FIRST_FAILURE) or utc_now()
         carried = {H_FIRST_FAILURE: first_failure, H_ORIGINAL_QUEUE: queue}
@@ -108,44 +157,55 @@ class KittyTask(Task):  # type: ignore[misc]
             carried[H_MAX_RETRIES] = int(request.get(H_MAX_RETRIES))
         if not isinstance(exc, self.non_retryable) and retries < limit:
             settings = get_settings()
-            plan = plan_retry(
-                retries, base=settings.retry_backoff_base, cap=settings.retry_backoff_max
-            )
+            if delay is None:
+                plan = plan_retry(
+                    retries, base=settings.retry_backoff_base, cap=settings.retry_backoff_max
+                )
+            else:
+                plan = RetryPlan(bucket=pick_bucket(delay), delay=delay)
             exchange = delay_exchange_name(plan.bucket)
             logger.warning(
-                LOG_RETRY,
-                self.name,
-                request.id,
-                type(exc).__name__,
-                exc,
-                retries + 1,
-                limit + 1,
-                plan.delay,
-                exchange,
-            )
-            self.signature_from_request(
-                request,
-                args,
-                kwargs,
+                LOG_RETRY, self.name, request.id, type(exc).__name__, exc,
+                retries + 1, limit + 1, plan.delay, exchange,
+            )  # fmt: skip
+            self._publish_or_reject(
+                request, args, kwargs,
                 retries=retries + 1,
-            ).apply_async(
                 exchange=Exchange(exchange, type="fanout"),
                 routing_key=queue,
                 headers={**carried, H_ATTEMPT: retries + 2},
-                expiration=plan.delay,
-                retry=False,
-            )
+                # The jittered delay as per-message TTL; the bucket's TTL bounds it.
+                expiration=min(plan.delay, plan.bucket),
+            )  # fmt: skip
             # The copy is confirmed by the broker: only now may the original be acked.
             raise Retry(exc=exc, when=plan.delay) from exc
         headers = failure_headers(
             exc, attempts=retries + 1, first_failure=first_failure, queue=queue
         )
         logger.error(LOG_DEAD, self.name, request.id, queue, retries + 1, type(exc).__name__, exc)
-        self.signature_from_request(request, args, kwargs).apply_async(
+        self._publish_or_reject(
+            request, args, kwargs,
             exchange=Exchange(DLX_EXCHANGE, type="topic"),
             routing_key=queue,
             headers={**carried, **headers},
-            retry=False,
-        )
-        # The task metrics (kitty_tasks.signals) count this failure as dead_lettered.
+        )  # fmt: skip
+        # The task metrics (kitty_tasks.signals) count this failure as dead_lettered,
+        # and _on_task_error knows not to dead-letter it a second time.
         request.kitty_dead_lettered = True
+
+    def _publish_or_reject(
+        self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
+    ) -> None:
+        """Publish a confirmed copy of the running task; if that fails, reject the original.
+
+        Rejecting (without requeue) lets the broker dead-letter the original into the
+        DLQ with ``x-death``: the message is never acked away without a copy.
+        """
+        extra = {"retries": options.pop("retries")} if "retries" in options else {}
+        try:
+            self.signature_from_request(request, args, kwargs, **extra).apply_async(
+                retry=False, **options
+            )
+        except Exception as err:
+            logger.error(LOG_COPY_FAILED, self.name, request.id, err)
+            raise Reject(reason=f"could not publish the retry/dead-letter copy: {err}") from err

@@ -45,3 +45,19 @@ def permanent(self: Any, path: str) -> None:
     """Fail with ``Permanent``: must be dead-lettered without a retry."""
     _record(path, "run")
     raise Permanent("this input can never succeed")
+
+
+@app.task(name="research.explicit_retry", bind=True)
+def explicit_retry(self: Any, path: str) -> int:
+    """Ask for one retry with Celery's own ``self.retry(countdown=2)``."""
+    runs = _record(path, f"{time.time():.6f} {self.request.retries}")
+    if runs < 2:
+        raise self.retry(countdown=2, exc=ConnectionError("printer offline"))
+    return runs
+
+
+@app.task(name="research.auto_retry", bind=True, autoretry_for=(KeyError,), max_retries=1)
+def auto_retry(self: Any, path: str) -> None:
+    """Always raise KeyError under Celery's ``autoretry_for``."""
+    runs = _record(path, f"{time.time():.6f} {self.request.retries}")
+    raise KeyError(f"missing field on run {runs}")

@@ -263,3 +263,30 @@ def test_expired_task_message_is_dead_lettered_by_the_broker(amqp_url: str, rese
     assert dead.headers["task"] == "research.paper"
     assert dead.headers["x-death"][0]["reason"] == "expired"
     assert queue_counts(amqp_url, research_queue)[0] == 0
+
+
+def test_celery_retry_and_autoretry_for_go_through_the_ladder(
+    amqp_url: str, research_queue: str, tmp_path: Path
+):
+    explicit_log, auto_log = tmp_path / "explicit.log", tmp_path / "auto.log"
+    with CeleryWorker(amqp_url, [research_queue], include=[TEST_TASKS]):
+        # Given a task calling self.retry(countdown=2), and one under autoretry_for
+        explicit = tasks_for_tests.explicit_retry.delay(str(explicit_log))
+        auto = tasks_for_tests.auto_retry.delay(str(auto_log))
+
+        # Then the countdown is served by the 5 s bucket, not by a worker-held ETA
+        wait_for(lambda: queue_counts(amqp_url, delay_exchange_name(5))[0] >= 1, 10)
+        assert explicit.get(timeout=30) == 2
+        with pytest.raises(KeyError, match="missing field on run 2"):
+            auto.get(timeout=30)
+        wait_for(lambda: queue_counts(amqp_url, dlq_name(research_queue))[0] == 1, 10)
+
+    # And the autoretry task was dead-lettered once, after max_retries=1 retry
+    explicit_runs = runs_in(explicit_log)
+    assert [r for _, r in explicit_runs] == [0, 1]
+    assert explicit_runs[1][0] - explicit_runs[0][0] >= 1.9
+    assert [r for _, r in runs_in(auto_log)] == [0, 1]
+    [dead] = drain(amqp_url, dlq_name(research_queue))
+    assert dead.headers["id"] == auto.id
+    assert dead.headers[H_ERROR_TYPE] == "KeyError"
+    assert dead.headers[H_ATTEMPTS] == 2
