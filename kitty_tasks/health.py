@@ -70,7 +70,7 @@ class HealthReport:
         }
 
 
-def _node_alarms(nodes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+def node_alarms(nodes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     summary, alarms = [], []
     for node in nodes:
         name = str(node.get("name"))
@@ -109,7 +109,7 @@ def check_health(
     unless ``dead_letters_fail``.
     """
     report = HealthReport(vhost=vhost, broker=broker)
-    report.nodes, report.alarms = _node_alarms(list(management.get("nodes") or []))
+    report.nodes, report.alarms = node_alarms(list(management.get("nodes") or []))
     report.problems.extend(report.alarms)
     listed = {str(q["name"]): q for q in management.queues(vhost)}
     for name in TASK_QUEUES:
