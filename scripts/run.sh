@@ -10,11 +10,13 @@ CREDENTIALS_FILE="${KITTY_FLOWER_CREDENTIALS_FILE:-.flower-credentials}"
 
 # honcho gives .env precedence over the shell's environment; read it the same way
 # here so that the banner shows what the processes will really get.
-if [ -f .env ]; then
-  eval "$("$BIN/python" - <<'PY'
+ENV_FILE="${KITTY_ENV_FILE:-.env}"
+if [ -f "$ENV_FILE" ]; then
+  eval "$(ENV_FILE="$ENV_FILE" "$BIN/python" - <<'PY'
+import os
 import shlex
 from honcho.environ import parse
-with open(".env") as f:
+with open(os.environ["ENV_FILE"]) as f:
     for key, value in parse(f.read()).items():
         print(f"export {key}={shlex.quote(value)}")
 PY
@@ -70,4 +72,4 @@ PATH="$BIN:$PATH"
 export PATH
 # Ctrl-C reaches honcho and this shell together (one foreground process group):
 # honcho stops every process it started, then the trap tidies up.
-"$BIN/honcho" start -f Procfile
+"$BIN/honcho" start -f Procfile -e "$ENV_FILE"

@@ -1,0 +1,253 @@
+"""compose/ and Prometheus files: they parse, name files that exist, set no default password."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kitty_tasks.topology import EVENT_QUEUES, TASK_QUEUES
+from tests.compose_support import (
+    ALERTS,
+    COMPOSE_DIR,
+    COMPOSE_FILES,
+    PROMETHEUS_CONFIG,
+    ROOT,
+    alert_rules,
+    bind_mounts,
+    compose_variables,
+    env_example_variables,
+    load,
+    metric_names,
+    project_metric_names,
+)
+
+SECRET = re.compile(r"PASSWORD|PASS$|COOKIE|AUTH|SECRET|TOKEN")
+APP_SERVICES = ("research-worker", "cad-worker", "brain-worker", "flower", "exporter")
+
+
+def services(path: Path) -> dict[str, Any]:
+    return dict(load(path)["services"])
+
+
+def mounted_source(service: dict[str, Any], target: str) -> str:
+    for source, mount_target in bind_mounts(service):
+        if mount_target == target:
+            return source
+    raise AssertionError(f"nothing is mounted at {target}")
+
+
+@pytest.mark.parametrize("path", [*COMPOSE_FILES, PROMETHEUS_CONFIG, ALERTS], ids=lambda p: p.name)
+def test_every_file_parses(path: Path) -> None:
+    assert isinstance(load(path), dict)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_every_bind_mounted_file_exists(path: Path) -> None:
+    for name, service in services(path).items():
+        for source, _ in bind_mounts(service):
+            assert (path.parent / source).is_file(), f"{path.name}: {name} mounts missing {source}"
+
+
+def test_the_image_builds_from_files_that_exist() -> None:
+    # Given the build section every app service shares
+    for name in APP_SERVICES:
+        build = services(COMPOSE_DIR / "docker-compose.yml")[name]["build"]
+        context = (COMPOSE_DIR / build["context"]).resolve()
+        dockerfile = context / build["dockerfile"]
+        assert context == ROOT
+        assert dockerfile.is_file()
+    # Then every COPY source of the Dockerfile exists in the context
+    text = (COMPOSE_DIR / "Dockerfile").read_text()
+    copies = re.findall(r"^COPY\s+(.+?)\s+\S+$", text, flags=re.MULTILINE)
+    sources = [s for line in copies for s in line.split()]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    # And the installed project is what pyproject.toml packages
+    assert {"kitty_tasks", "events", "rpc", "celeryconfig.py", "pyproject.toml"} <= set(sources)
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_no_default_passwords(path: Path) -> None:
+    settings = "\n".join(
+        line.split(" #")[0]
+        for line in path.read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    )
+    # A secret is a required variable: unset, `docker compose` stops with the message.
+    for match in compose_variables(path):
+        if SECRET.search(match["name"]):
+            assert match["op"] == ":?", f"{match.group()} must be required (${{VAR:?message}})"
+            assert match["arg"].strip(), f"{match.group()} needs a message"
+    for word in ("guest", "changeme", "password123", "admin:admin"):
+        assert word not in settings.lower(), f"{path.name} sets {word!r}"
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: p.name)
+def test_every_variable_is_documented_in_env_example(path: Path) -> None:
+    documented = env_example_variables()
+    for match in compose_variables(path):
+        assert match["name"] in documented, f"{match['name']} is not in compose/.env.example"
+
+
+def test_env_example_documents_only_used_variables_and_leaves_secrets_empty() -> None:
+    used = {m["name"] for p in COMPOSE_FILES for m in compose_variables(p)}
+    text = (COMPOSE_DIR / ".env.example").read_text()
+    for name, value in env_example_variables().items():
+        assert name in used, f".env.example documents unused {name}"
+        # Each variable has its own comment above it.
+        assert re.search(rf"#[^\n]*\n(?:#[^\n]*\n)*{name}=", text), f"{name} has no comment"
+        if SECRET.search(name) or name == "RABBITMQ_USER":
+            assert value == "", f"{name} must have no example value"
+
+
+def test_single_node_broker_setup() -> None:
+    rabbitmq = services(COMPOSE_DIR / "docker-compose.yml")["rabbitmq"]
+    assert re.fullmatch(r"rabbitmq:3\.(1[3-9])-management", rabbitmq["image"]), rabbitmq["image"]
+    assert rabbitmq["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
+    assert mounted_source(rabbitmq, "/etc/rabbitmq/rabbitmq.conf") == "./rabbitmq/rabbitmq.conf"
+    assert mounted_source(rabbitmq, "/etc/rabbitmq/kitty/definitions.json") == (
+        "./rabbitmq/definitions.json"
+    )
+    plugins = (COMPOSE_DIR / "rabbitmq/enabled_plugins").read_text()
+    assert "rabbitmq_management" in plugins
+    assert "rabbitmq_prometheus" in plugins
+    assert plugins.strip().endswith("].")
+
+
+@pytest.mark.parametrize(
+    ("compose", "conf"), [("docker-compose.yml", "rabbitmq.conf"), ("cluster.yml", "cluster.conf")]
+)
+def test_the_entrypoint_loads_the_mounted_definitions(compose: str, conf: str) -> None:
+    # Given the seeding script and the conf file each broker uses
+    script = (COMPOSE_DIR / "rabbitmq/entrypoint.sh").read_text()
+    settings = (COMPOSE_DIR / "rabbitmq" / conf).read_text()
+    load_dir = re.search(r"^load_definitions\s*=\s*(\S+)", settings, re.MULTILINE)
+    assert load_dir
+    # Then the script writes where rabbitmq.conf loads from, and reads what compose mounts
+    assert f"DEFINITIONS_DIR={load_dir[1]}" in script
+    topology = re.search(r"^TOPOLOGY=(\S+)", script, re.MULTILINE)
+    assert topology
+    for name, service in services(COMPOSE_DIR / compose).items():
+        if name.startswith("rabbitmq"):
+            assert mounted_source(service, topology[1])
+            assert mounted_source(service, "/etc/rabbitmq/rabbitmq.conf") == f"./rabbitmq/{conf}"
+            script_path = service["entrypoint"][-1]
+            assert mounted_source(service, script_path) == "./rabbitmq/entrypoint.sh"
+            assert service["command"] == ["rabbitmq-server"]
+
+
+def test_app_services_wait_for_a_healthy_broker_and_use_the_compose_user() -> None:
+    all_services = services(COMPOSE_DIR / "docker-compose.yml")
+    for name in APP_SERVICES:
+        service = all_services[name]
+        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+        url = service["environment"]["RABBITMQ_URL"]
+        assert url.startswith("amqp://${RABBITMQ_USER:?"), name
+        assert "@rabbitmq:5672/" in url, name
+
+
+def test_workers_serve_each_task_queue_with_metrics() -> None:
+    all_services = services(COMPOSE_DIR / "docker-compose.yml")
+    served = set()
+    for name in ("research-worker", "cad-worker", "brain-worker"):
+        service = all_services[name]
+        command = service["command"]
+        assert command[:4] == ["celery", "-A", "kitty_tasks", "worker"]
+        assert command[command.index("--pool") + 1] == "prefork"
+        served.add(command[command.index("-Q") + 1])
+        port = service["environment"]["KITTY_METRICS_PORT"]
+        assert port in service["expose"]
+        assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] in service["tmpfs"]
+    assert served == set(TASK_QUEUES)
+
+
+def test_flower_requires_basic_auth_in_compose() -> None:
+    flower = services(COMPOSE_DIR / "docker-compose.yml")["flower"]
+    assert flower["command"][:3] == ["python", "-m", "kitty_tasks.flower"]
+    assert "--insecure-local" not in flower["command"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_cluster_has_three_nodes_sharing_a_required_cookie() -> None:
+    nodes = services(COMPOSE_DIR / "cluster.yml")
+    assert sorted(nodes) == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    conf = (COMPOSE_DIR / "rabbitmq/cluster.conf").read_text()
+    for name, node in nodes.items():
+        env = node["environment"]
+        assert env["RABBITMQ_ERLANG_COOKIE"].startswith("${RABBITMQ_ERLANG_COOKIE:?"), name
+        assert env["RABBITMQ_NODENAME"] == f"rabbit@{node['hostname']}"
+        assert f"= {env['RABBITMQ_NODENAME']}" in conf, f"{name} is not a peer in cluster.conf"
+        definitions = mounted_source(node, "/etc/rabbitmq/kitty/definitions.json")
+        assert definitions == "./rabbitmq/definitions.cluster.json"
+    assert "peer_discovery_backend = classic_config" in conf
+    # The cluster definitions really make the event queues quorum (see test_definitions).
+    text = (COMPOSE_DIR / "rabbitmq/definitions.cluster.json").read_text()
+    assert text.count('"x-queue-type": "quorum"') == len(EVENT_QUEUES)
+
+
+def test_prometheus_loads_the_mounted_rules_and_scrapes_every_part() -> None:
+    config = load(PROMETHEUS_CONFIG)
+    prometheus = services(COMPOSE_DIR / "docker-compose.yml")["prometheus"]
+    for rule_file in config["rule_files"]:
+        assert (COMPOSE_DIR / mounted_source(prometheus, rule_file)).resolve() == ALERTS
+    assert mounted_source(prometheus, "/etc/prometheus/prometheus.yml") == (
+        "./prometheus/prometheus.yml"
+    )
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    all_services = services(COMPOSE_DIR / "docker-compose.yml")
+    targets = {
+        target
+        for job in jobs.values()
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    assert {"rabbitmq:15692", "exporter:9808", "flower:5555"} <= targets
+    for target in targets:
+        host = target.split(":")[0]
+        assert host in all_services, target
+    assert "15692" in all_services["rabbitmq"]["expose"]
+    assert "9808" in all_services["exporter"]["command"]
+    assert jobs["rabbitmq-queues"]["metrics_path"] == "/metrics/detailed"
+    workers = jobs["kitty-workers"]["dns_sd_configs"][0]
+    assert sorted(workers["names"]) == ["brain-worker", "cad-worker", "research-worker"]
+    assert (
+        str(workers["port"]) == all_services["research-worker"]["environment"]["KITTY_METRICS_PORT"]
+    )
+
+
+def test_alerts_cover_what_operators_asked_for() -> None:
+    rules = {rule["alert"]: rule for rule in alert_rules()}
+    for rule in rules.values():
+        assert rule["labels"]["severity"] in {"warning", "critical"}
+        assert rule["annotations"]["summary"]
+    assert "> 10000" in rules["KittyQueueBacklog"]["expr"]
+    no_consumers = rules["KittyTaskQueueWithoutConsumers"]
+    assert "== 0" in no_consumers["expr"]
+    assert no_consumers["for"] == "5m"
+    for queue in TASK_QUEUES:
+        assert queue.replace(".", "\\\\.") in no_consumers["expr"]
+    assert "dlq" in rules["KittyDeadLettersGrowing"]["expr"]
+    assert "> 0.8" in rules["RabbitMQMemoryHigh"]["expr"]
+    assert "< 5e9" in rules["RabbitMQDiskLow"]["expr"]
+
+
+def test_alerts_read_only_metrics_that_exist() -> None:
+    # Broker names are checked against a live scrape in tests/integration/test_broker_metrics.py.
+    project = project_metric_names()
+    for rule in alert_rules():
+        names = metric_names(rule["expr"])
+        assert names, rule["alert"]
+        for name in names:
+            if name.startswith("kitty_"):
+                assert name in project, f"{rule['alert']}: the project exports no {name}"
+            else:
+                assert name.startswith("rabbitmq_") or name == "up", f"{rule['alert']}: {name}"
+
+
+def test_metric_name_extraction() -> None:
+    expr = 'sum by (queue) (rate(kitty_tasks_total{outcome="failed"}[5m])) / on(queue) up > 1e3'
+    assert metric_names(expr) == {"kitty_tasks_total", "up"}
