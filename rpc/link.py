@@ -78,11 +78,11 @@ class Link:
     def open(self) -> amqp.Channel:
         """Connect (dropping any previous connection) and open the one channel."""
         self.close(clean=False)
-        connection = Connection(  # type: ignore[no-untyped-call]
+        connection = Connection(
             self.url, heartbeat=self.heartbeat, connect_timeout=self.connect_timeout
         )
         try:
-            connection.connect()  # type: ignore[no-untyped-call]
+            connection.connect()
             raw = connection.connection
             if not isinstance(raw, amqp.Connection):
                 raise ValueError(f"RPC needs an amqp:// broker URL (py-amqp), not {self.url!r}")
@@ -234,7 +234,7 @@ def _buffer_reads(transport: Any) -> None:
     sock = getattr(transport, "sock", None)
     if sock is None or not hasattr(transport, "_quick_recv") or hasattr(sock, "pending"):
         return
-    recv = sock.recv
+    recv: Callable[[int], bytes] = sock.recv
 
     def recv_chunk(n: int) -> bytes:
         return recv(max(n, RECV_CHUNK))

@@ -203,10 +203,17 @@ class RPCServer:
         """Stop consuming, let running handlers finish (up to ``timeout``), close; thread-safe."""
         if timeout is not None:
             self._stop_timeout = timeout
+        if self._stopped.is_set():
+            self._link.close(clean=True)  # connected but never started
+            return
         self._stopping.set()
         self._link.wake()
         if threading.current_thread() not in self._workers:
             self._stopped.wait(self._stop_timeout + 5)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until the server consumes its queue (after ``start`` or a reconnect)."""
+        return self._link.ready.wait(timeout)
 
     @property
     def running(self) -> bool:

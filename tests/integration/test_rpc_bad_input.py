@@ -1,0 +1,76 @@
+"""Malformed request bodies reaching a server: error replies, dead letters, and serving on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import amqp
+import pytest
+from kombu import Connection
+
+from kitty_tasks.topology import H_ERROR_TYPE, H_ORIGINAL_QUEUE, RPC_EXCHANGE, dlq_name
+from rpc import REPLY_TO, RPCClient, RPCServer
+from tests.integration.rpc_support import service_name, serving
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture
+def echo_service(amqp_url: str) -> Iterator[str]:
+    """A running server whose default handler echoes the request."""
+    service = service_name("echo")
+    server = RPCServer(amqp_url, service, concurrency=2)
+    server.register_handler(lambda request: request)
+    with serving(server):
+        yield service
+
+
+def _raw_request(amqp_url: str, service: str, body: bytes) -> dict[str, Any]:
+    """Publish ``body`` as-is with a direct reply-to address; return the decoded reply."""
+    replies: list[amqp.Message] = []
+    with Connection(amqp_url) as connection:
+        channel = connection.default_channel
+        channel.basic_consume(REPLY_TO, no_ack=True, callback=replies.append)
+        message = amqp.Message(body, reply_to=REPLY_TO, correlation_id="raw-1")
+        channel.basic_publish(message, RPC_EXCHANGE, service)
+        connection.drain_events(timeout=5)
+    assert replies, "no reply came"
+    assert replies[0].properties["correlation_id"] == "raw-1"
+    return dict(json.loads(replies[0].body))
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2, 3]", "must be a JSON object"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+def test_a_malformed_body_gets_an_error_reply_and_the_server_serves_on(
+    amqp_url: str, echo_service: str, body: bytes, reason: str
+) -> None:
+    reply = _raw_request(amqp_url, echo_service, body)
+    assert reply["ok"] is False
+    assert reply["error"]["type"] == "MalformedRequest"
+    assert reason in reply["error"]["message"]
+    with RPCClient(amqp_url) as client:
+        assert client.call(echo_service, {"still": "serving"}, timeout=5) == {"still": "serving"}
+
+
+def test_a_malformed_body_without_reply_to_is_dead_lettered_with_why(
+    amqp_url: str, echo_service: str
+) -> None:
+    with Connection(amqp_url) as connection:
+        channel = connection.default_channel
+        channel.basic_publish(amqp.Message(b"garbage"), RPC_EXCHANGE, echo_service)
+        # The server keeps serving, so once a later call is answered the bad one was handled
+        with RPCClient(amqp_url) as client:
+            assert client.call(echo_service, {"n": 1}, timeout=5) == {"n": 1}
+        dead = channel.basic_get(dlq_name(echo_service), no_ack=True)
+    assert dead is not None
+    assert dead.body == b"garbage"
+    assert dead.headers[H_ERROR_TYPE] == "MalformedRequest"
+    assert dead.headers[H_ORIGINAL_QUEUE] == echo_service

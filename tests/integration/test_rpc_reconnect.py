@@ -1,0 +1,55 @@
+"""RPC after a dropped connection: in-flight calls fail clearly, client and server recover."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kitty_tasks.broker import vhost_of
+from kitty_tasks.management import ManagementClient
+from rpc import ConnectionLost, RPCClient, RPCServer
+from tests.integration.rpc_support import drop_when_visible, service_name, serving
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.mark.slow
+def test_a_call_in_flight_at_a_drop_fails_and_later_calls_succeed(
+    amqp_url: str, management_client: ManagementClient
+) -> None:
+    # Given a call in flight to a slow handler
+    service = service_name("drop")
+    server = RPCServer(amqp_url, service, concurrency=2)
+    release = threading.Event()
+
+    def slow(request: dict[str, Any]) -> str:
+        release.wait(5)
+        return "slow"
+
+    server.add_method("slow", slow)
+    server.add_method("ping", lambda request: "pong")
+    with serving(server), RPCClient(amqp_url) as client:
+        assert client.call(service, {}, method="ping", timeout=5) == "pong"
+        in_flight = client.call_async(service, {}, method="slow", timeout=20)
+        # When the broker drops every connection of the vhost (client's and server's)
+        dropped = drop_when_visible(management_client, vhost_of(amqp_url), at_least=2)
+        started = time.monotonic()
+        # Then the call in flight fails with a clear error, long before its timeout
+        with pytest.raises(ConnectionLost, match="may or may not have run"):
+            in_flight.result(timeout=10)
+        assert time.monotonic() - started < 2
+        release.set()
+        # And the client and the server both come back: later calls succeed
+        assert client.call(service, {}, method="ping", timeout=10) == "pong"
+        assert [client.call(service, {}, method="ping", timeout=5) for _ in range(3)] == [
+            "pong"
+        ] * 3
+        assert client.connected
+        assert server.wait_ready(5)
+        # A fresh client reaches the reconnected server too
+        with RPCClient(amqp_url) as fresh:
+            assert fresh.call(service, {}, method="ping", timeout=5) == "pong"
+    assert dropped >= 2
