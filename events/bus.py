@@ -1,7 +1,5 @@
 """EventBus: publish typed events to ``kitty.events`` and consume them by topic pattern."""
 
-# Kombu ships partial annotations; its untyped calls are the price of building on it.
-# mypy: disable-error-code="no-untyped-call"
 
 from __future__ import annotations
 
@@ -76,6 +74,8 @@ DEFAULT_POOL_LIMIT = 8
 RECONNECT_START = 0.5
 RECONNECT_STEP = 1.0
 RECONNECT_MAX = 10.0
+#: Seconds a consumer waits for a delivery before it checks whether it should stop.
+STOP_POLL = 0.25
 #: Times a publish is tried again after the connection broke under it.
 PUBLISH_RETRIES = 3
 #: Source of events published by a bus built without one.
@@ -533,28 +533,54 @@ class EventBus:
     def _full_queue(self, event_type: str) -> str | None:
         """Best effort: the reject-publish queue bound for ``event_type`` that is full."""
         try:
-            from kitty_tasks.management import ManagementClient
+            candidates = self._reject_publish_queues(event_type)
+            with self._acquire() as connection:
+                channel = connection.channel()
+                try:
+                    for name, limit in candidates:
+                        # AMQP's count is exact; the management API's is up to 5 s old.
+                        _, messages, _ = channel.queue_declare(name, passive=True)
+                        if messages >= limit:
+                            return name
+                finally:
+                    channel.close()
+            return candidates[0][0] if len(candidates) == 1 else None
+        except Exception as err:  # the diagnosis must never hide the rejection itself
+            logger.debug("could not name the full queue: %r", err)
+            return None
 
+    def _reject_publish_queues(self, event_type: str) -> list[tuple[str, int]]:
+        """(queue, max length) of each reject-publish queue bound for ``event_type``."""
+        from kitty_tasks.management import ManagementClient
+
+        found: list[tuple[str, int]] = []
+        try:
             client = ManagementClient.from_urls(self.management_url, self.url)
             vhost = client.quote(vhost_of(self.url))
             bindings = client.get(f"exchanges/{vhost}/{EVENTS_EXCHANGE}/bindings/source") or []
             for binding in bindings:
-                if binding.get("destination_type") != "queue":
-                    continue
-                if not topic_matches(binding["routing_key"], event_type):
+                if binding.get("destination_type") != "queue" or not topic_matches(
+                    binding["routing_key"], event_type
+                ):
                     continue
                 queue = client.get(f"queues/{vhost}/{client.quote(binding['destination'])}")
                 arguments = queue.get("arguments") or {}
-                limit = arguments.get("x-max-length")
-                if (
-                    arguments.get("x-overflow") == "reject-publish"
-                    and limit is not None
-                    and (int(queue.get("messages", 0)) >= int(limit))
+                policy = queue.get("effective_policy_definition") or {}
+                overflow = arguments.get("x-overflow", policy.get("overflow"))
+                limit = arguments.get("x-max-length", policy.get("max-length"))
+                if overflow == "reject-publish" and limit is not None:
+                    found.append((str(binding["destination"]), int(limit)))
+        except Exception as err:
+            # Without the management API, the topology in code still knows the guide's queues.
+            logger.debug("management API unavailable (%r); using the topology", err)
+            for spec in TOPOLOGY.queues:
+                arguments = spec.arguments
+                if arguments.get("x-overflow") == "reject-publish" and any(
+                    b.exchange == EVENTS_EXCHANGE and topic_matches(b.routing_key, event_type)
+                    for b in spec.bindings
                 ):
-                    return str(binding["destination"])
-        except Exception as err:  # the diagnosis must never hide the rejection itself
-            logger.debug("could not name the full queue: %r", err)
-        return None
+                    found.append((spec.name, int(arguments["x-max-length"])))
+        return sorted(set(found))
 
     # -- subscribing -------------------------------------------------------------------------
 
@@ -820,7 +846,7 @@ class EventBus:
         EVENTS_FAILED.labels(event_type, queue, "dead_lettered").inc()
 
 
-class _SubscriptionWorker(ConsumerMixin):
+class _SubscriptionWorker(ConsumerMixin):  # type: ignore[misc]
     """Consumes one subscription's queue on a connection of its own; reconnects forever."""
 
     def __init__(self, bus: EventBus, subscription: Subscription) -> None:
@@ -896,7 +922,7 @@ class _SubscriptionWorker(ConsumerMixin):
         """ConsumerMixin.run until stopped, restarting it after unexpected errors."""
         while not self.should_stop:
             try:
-                self.run()
+                self.run(safety_interval=STOP_POLL)
             except _Stopping:
                 break
             except Exception:
@@ -922,4 +948,4 @@ def _name(handler: Handler) -> str:
 
 def _safe(url: str) -> str:
     """``url`` without its password, for messages."""
-    return Connection(url).as_uri(include_password=False)
+    return str(Connection(url).as_uri(include_password=False))

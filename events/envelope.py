@@ -31,7 +31,7 @@ CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 #: Lower-case dotted words, e.g. ``fabrication.print.started`` (service.entity.action).
 #: One or two words are accepted too, because the KITT guide publishes ``event.type``.
-EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*(\.[a-z][a-z0-9_-]*)*$")
+EVENT_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
 #: AMQP routing keys are short strings: at most 255 bytes.
 MAX_EVENT_TYPE_LENGTH = 255
 #: W3C trace context: version-traceid-parentid-flags.
@@ -219,6 +219,6 @@ def validation_summary(err: ValidationError) -> str:
     parts = []
     for item in err.errors()[:5]:
         where = ".".join(str(p) for p in item["loc"]) or "(root)"
-        parts.append(f"{where}: {item['msg']}")
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     more = err.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -144,9 +144,7 @@ def test_encode_then_decode_gives_the_same_event() -> None:
 
 
 def test_properties_carry_the_envelope_for_amqp_tools() -> None:
-    event = Event(
-        event_type="a.b.c", source="svc", correlation_id="req-1", traceparent=TRACEPARENT
-    )
+    event = Event(event_type="a.b.c", source="svc", correlation_id="req-1", traceparent=TRACEPARENT)
     properties = event.to_properties()
     assert properties["message_id"] == event.event_id
     assert properties["type"] == "a.b.c"

@@ -137,4 +137,4 @@ def test_concurrent_duplicates_in_one_process_run_once(store: MemoryStore | SQLi
 
 def test_a_store_without_the_protocol_is_refused() -> None:
     with pytest.raises(TypeError, match="seen\\(\\) and mark\\(\\)"):
-        idempotent(store=object())(lambda e: None)  # type: ignore[arg-type]
+        idempotent(store=object())(lambda e: None)  # type: ignore[call-overload]

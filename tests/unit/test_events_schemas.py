@@ -127,7 +127,8 @@ def test_parse_uses_the_registry_for_the_events_version(registry: SchemaRegistry
     assert event.parse(registry=registry) == PrintStartedV2(
         job_id="j", printer_id="p", material_id="pla"
     )
-    assert isinstance(started(1, job_id="j", printer_id="p").parse(registry=registry), PrintStartedV1)
+    v1 = started(1, job_id="j", printer_id="p")
+    assert isinstance(v1.parse(registry=registry), PrintStartedV1)
 
 
 def test_unregister_forgets(registry: SchemaRegistry) -> None:
