@@ -1,0 +1,195 @@
+"""`make run`'s supervisor: everything comes up, Flower wants auth, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import ROOT, wait_for
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
+
+WORKERS = ("research", "cad", "brain")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (from /proc, so honcho's new sessions are included)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True unless ``pid`` is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def session_members(sessions: set[int]) -> set[int]:
+    """Live processes in any of ``sessions``."""
+    members = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) in sessions and alive(int(entry.name)):
+                    members.add(int(entry.name))
+            except OSError:
+                continue
+    return members
+
+
+@pytest.fixture
+def platform(amqp_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """scripts/run.sh (what `make run` runs after broker check and topology) on free ports."""
+    ports = {
+        "FLOWER_PORT": free_port(),
+        "KITTY_EXPORTER_PORT": free_port(),
+        "KITTY_RESEARCH_METRICS_PORT": free_port(),
+        "KITTY_CAD_METRICS_PORT": free_port(),
+        "KITTY_BRAIN_METRICS_PORT": free_port(),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "KITTY_"))}
+    env.update({name: str(port) for name, port in ports.items()})
+    env.update(
+        RABBITMQ_URL=amqp_url,
+        KITTY_ENV_FILE=str(tmp_path / "no.env"),  # a developer's .env must not redirect the test
+        KITTY_FLOWER_CREDENTIALS_FILE=str(tmp_path / "flower-credentials"),
+    )
+    log = (tmp_path / "run.log").open("w+")
+    # A session of its own: SIGINT to its process group is what Ctrl-C in a terminal does.
+    process = subprocess.Popen(
+        [str(ROOT / "scripts/run.sh")],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    info: dict[str, object] = {"process": process, "ports": ports, "log": log, "tmp": tmp_path}
+    try:
+        yield info
+    finally:
+        # A failed test must not leave its platform running: kill what is left, by group.
+        if process.poll() is None:
+            for pid in descendants(process.pid) | {process.pid}:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        log.close()
+
+
+def output(platform: dict[str, object]) -> str:
+    log = platform["log"]
+    assert hasattr(log, "seek")
+    log.seek(0)
+    return str(log.read())
+
+
+def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
+    platform: dict[str, object],
+) -> None:
+    process = platform["process"]
+    assert isinstance(process, subprocess.Popen)
+    ports = platform["ports"]
+    assert isinstance(ports, dict)
+    flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
+
+    # Given the supervisor started: the banner comes first, with the generated Flower login
+    credentials_file = Path(str(platform["tmp"])) / "flower-credentials"
+    wait_for(credentials_file.exists, timeout=30, what="the generated Flower credentials")
+    wait_for(lambda: "Ctrl-C" in output(platform), timeout=30, what="the banner")
+    user, _, password = credentials_file.read_text().strip().partition(":")
+    assert oct(credentials_file.stat().st_mode & 0o777) == "0o600"
+    banner = output(platform)
+    assert banner.startswith("kitty_tasks is starting")
+    assert f"Flower               {flower}" in banner
+    assert f"password {password}" in banner
+    assert f"http://127.0.0.1:{ports['KITTY_EXPORTER_PORT']}/metrics" in banner
+
+    def flower_get(path: str, auth: tuple[str, str] | None = None) -> requests.Response | None:
+        try:
+            return requests.get(flower + path, auth=auth, timeout=5)
+        except requests.ConnectionError:
+            return None
+
+    # When Flower answers
+    wait_for(lambda: flower_get("/healthcheck"), timeout=60, interval=0.5, what="Flower")
+    # Then its API wants credentials
+    anonymous = flower_get("/api/workers")
+    assert anonymous is not None
+    assert anonymous.status_code == 401
+    wrong = flower_get("/api/workers", auth=(user, password + "x"))
+    assert wrong is not None
+    assert wrong.status_code == 401
+
+    # And with them it lists the three workers
+    def workers() -> set[str]:
+        answer = flower_get("/api/workers?refresh=1", auth=(user, password))
+        if answer is None or answer.status_code != 200:
+            return set()
+        names = {name.split("@")[0] for name in answer.json()}
+        return names if names >= set(WORKERS) else set()
+
+    assert wait_for(workers, timeout=90, interval=1, what="three workers in Flower") >= set(WORKERS)
+    # And Flower's own /metrics stays available to Prometheus
+    metrics = flower_get("/metrics")
+    assert metrics is not None
+    assert metrics.status_code == 200
+    assert "flower_" in metrics.text
+    # And the exporter and every worker serve metrics
+    for name in ("KITTY_EXPORTER_PORT", *(f"KITTY_{w.upper()}_METRICS_PORT" for w in WORKERS)):
+        url = f"http://127.0.0.1:{ports[name]}/metrics"
+        wait_for(lambda url=url: _get_ok(url), timeout=30, what=url)
+
+    # When Ctrl-C reaches the supervisor's process group
+    running = descendants(process.pid)
+    sessions = {os.getsid(pid) for pid in running if alive(pid)}
+    assert len(running) >= 3 * 2 + 2  # three worker parents with children, Flower, exporter
+    os.killpg(process.pid, signal.SIGINT)
+    # Then the supervisor exits, and no process it started is left
+    process.wait(timeout=60)
+    leftovers = {pid for pid in running if alive(pid)} | session_members(sessions)
+    assert not leftovers, f"left behind: {leftovers}\n{output(platform)[-3000:]}"
+    log = output(platform)
+    for worker in WORKERS:
+        assert f"{worker}.1 stopped" in log
+    assert "SIGKILL" not in log, "a process needed SIGKILL to stop"
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False
