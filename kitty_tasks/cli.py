@@ -12,6 +12,7 @@ from kombu import Connection
 from kitty_tasks.broker import apply_topology, compare_topology, vhost_of
 from kitty_tasks.cli_dlq import dlq
 from kitty_tasks.cli_ops import health, metrics, tasks
+from kitty_tasks.cli_wire import events, rpc
 from kitty_tasks.management import ManagementClient, ManagementError
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import TOPOLOGY, QueueType, build_topology, definitions_json
@@ -43,6 +44,8 @@ main.add_command(health)
 main.add_command(dlq)
 main.add_command(tasks)
 main.add_command(metrics)
+main.add_command(events)
+main.add_command(rpc)
 
 
 def management(ctx: click.Context) -> ManagementClient:
