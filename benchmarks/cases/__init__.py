@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from benchmarks.cases.events import EventConsume, EventPublish
+from benchmarks.cases.rpc import RPCLatency, RPCThroughput
 from benchmarks.cases.tasks import TaskDrain, TaskEnqueue
 from benchmarks.harness import Case
 
 __all__ = ["CASES"]
 
 CASES: dict[str, type[Case]] = {
+    EventPublish.name: EventPublish,
+    EventConsume.name: EventConsume,
     TaskEnqueue.name: TaskEnqueue,
     TaskDrain.name: TaskDrain,
+    RPCLatency.name: RPCLatency,
+    RPCThroughput.name: RPCThroughput,
 }

@@ -145,11 +145,21 @@ class TaskDrain(Case):
     def variants(self) -> list[Variant]:
         return [
             Variant("celery worker", self._celery, platform=True),
-            Variant("Dramatiq worker", self._dramatiq),
+            Variant("Dramatiq, prefetch 1/process", self._dramatiq_prefetch1),
+            Variant("Dramatiq, defaults", self._dramatiq),
         ]
 
     def targets(self) -> list[Target]:
-        return [Target("task drain >= Dramatiq", "celery worker", "Dramatiq worker")]
+        return [
+            # Same guarantee as ours: one unacked message per process, so priorities hold.
+            Target(
+                "task drain >= Dramatiq (same prefetch)",
+                "celery worker",
+                "Dramatiq, prefetch 1/process",
+            ),
+            # Dramatiq out of the box: 8 threads and 16 unacked messages per process.
+            Target("task drain >= Dramatiq (its defaults)", "celery worker", "Dramatiq, defaults"),
+        ]
 
     def _celery_messages(self) -> list[tuple[amqp.Message, str, str]]:
         out = []
@@ -206,22 +216,28 @@ class TaskDrain(Case):
         ]  # fmt: skip
         return self._drain(command)
 
-    def _dramatiq(self) -> Sample:
+    def _dramatiq(self, *extra: str, env: dict[str, str] | None = None) -> Sample:
         self._fill(self.dramatiq_queue, self._dramatiq_messages())
         command = [
             sys.executable, "-m", "dramatiq", "benchmarks.tasks_dramatiq",
-            "--processes", str(DRAIN_PROCESSES),
+            "--processes", str(DRAIN_PROCESSES), *extra,
         ]  # fmt: skip
-        return self._drain(command)
+        return self._drain(command, env)
 
-    def _drain(self, command: list[str]) -> Sample:
+    def _dramatiq_prefetch1(self) -> Sample:
+        return self._dramatiq("--threads", "1", env={"dramatiq_queue_prefetch": "1"})
+
+    def _drain(self, command: list[str], env: dict[str, str] | None = None) -> Sample:
         workdir = self.env.workdir
         marks.clear(workdir)
         # A file, not a pipe: a chatty worker would block on a full pipe nobody reads.
         self.log = workdir / f"{command[2]}.log"
         with self.log.open("wb") as log:
             proc = subprocess.Popen(
-                command, env=self.env.subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+                command,
+                env={**self.env.subprocess_env(), **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         clock = CpuClock(self.broker, helpers=(proc.pid,), include_self=False)
         try:
