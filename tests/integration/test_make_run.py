@@ -7,12 +7,19 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import urllib.parse
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from kombu import Connection
 
+from kitty_tasks.broker import apply_topology
+from kitty_tasks.management import ManagementClient
+from tests.conftest import url_for_vhost
 from tests.helpers import ROOT, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
@@ -71,7 +78,22 @@ def session_members(sessions: set[int]) -> set[int]:
 
 
 @pytest.fixture
-def platform(amqp_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
+def platform_url(amqp_url: str, management_client: ManagementClient) -> Iterator[str]:
+    """A vhost of this test's own: its workers must not eat other tests' leftover messages."""
+    vhost = f"kitty-run-{uuid.uuid4().hex[:8]}"
+    user = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
+    management_client.create_vhost(vhost, user)
+    try:
+        url = url_for_vhost(vhost)
+        with Connection(url) as connection:
+            apply_topology(connection)
+        yield url
+    finally:
+        management_client.delete_vhost(vhost)
+
+
+@pytest.fixture
+def platform(platform_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
     """scripts/run.sh (what `make run` runs after broker check and topology) on free ports."""
     ports = {
         "FLOWER_PORT": free_port(),
@@ -83,7 +105,7 @@ def platform(amqp_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "KITTY_"))}
     env.update({name: str(port) for name, port in ports.items()})
     env.update(
-        RABBITMQ_URL=amqp_url,
+        RABBITMQ_URL=platform_url,
         KITTY_ENV_FILE=str(tmp_path / "no.env"),  # a developer's .env must not redirect the test
         KITTY_FLOWER_CREDENTIALS_FILE=str(tmp_path / "flower-credentials"),
     )
@@ -97,7 +119,13 @@ def platform(amqp_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    info: dict[str, object] = {"process": process, "ports": ports, "log": log, "tmp": tmp_path}
+    info: dict[str, object] = {
+        "process": process,
+        "ports": ports,
+        "log": log,
+        "tmp": tmp_path,
+        "url": platform_url,
+    }
     try:
         yield info
     finally:
@@ -173,6 +201,29 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
         url = f"http://127.0.0.1:{ports[name]}/metrics"
         wait_for(lambda url=url: _get_ok(url), timeout=30, what=url)
 
+    # And `make demo` drives the three patterns against it
+    demo = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kitty_tasks.demo",
+            "--url",
+            str(platform["url"]),
+            "--timeout",
+            "30",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "all 4 patterns worked" in demo.stdout
+    assert "cad_generate.apply_async(priority=9)" in demo.stdout
+    assert "subscriber got fabrication.print.completed" in demo.stdout
+    assert "{'result': 8}" in demo.stdout
+
     # When Ctrl-C reaches the supervisor's process group
     running = descendants(process.pid)
     sessions = {os.getsid(pid) for pid in running if alive(pid)}
@@ -193,3 +244,22 @@ def _get_ok(url: str) -> bool:
         return requests.get(url, timeout=5).status_code == 200
     except requests.ConnectionError:
         return False
+
+
+def test_demo_without_the_platform_says_how_to_start_it(platform_url: str) -> None:
+    # Given a broker with the topology but no workers running
+    # When `make demo` runs
+    demo = subprocess.run(
+        [sys.executable, "-m", "kitty_tasks.demo", "--url", platform_url, "--timeout", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Then the task steps fail at once with the fix, the self-contained ones still work
+    assert demo.returncode == 1
+    assert "no worker consumes 'research.tasks'" in demo.stdout
+    assert "start the platform with `make run`" in demo.stdout
+    assert "2 of 4 steps failed" in demo.stderr
+    assert "{'result': 8}" in demo.stdout
