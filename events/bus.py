@@ -1,6 +1,5 @@
 """EventBus: publish typed events to ``kitty.events`` and consume them by topic pattern."""
 
-
 from __future__ import annotations
 
 import contextvars
@@ -162,17 +161,17 @@ def _ladder_topology() -> Topology:
     return Topology(exchanges, queues)
 
 
-def _subscription_topology(queue: str, pattern: str) -> Topology:
+def _subscription_topology(queue: str, pattern: str | None) -> Topology:
     """The queue (with its DLX wiring and DLQ) and the binding a subscription needs."""
-    binding = Binding(EVENTS_EXCHANGE, pattern)
+    extra = () if pattern is None else (Binding(EVENTS_EXCHANGE, pattern),)
     try:
         known = TOPOLOGY.queue(queue)
     except KeyError:
-        spec = QueueSpec(queue, dead_letter_arguments(queue), (binding,))
+        spec = QueueSpec(queue, dead_letter_arguments(queue), extra)
     else:
         # A queue of the guide keeps its own arguments (declaring others would be refused).
-        bindings = known.bindings if binding in known.bindings else (*known.bindings, binding)
-        spec = QueueSpec(known.name, known.arguments, bindings, known.durable)
+        added = tuple(b for b in extra if b not in known.bindings)
+        spec = QueueSpec(known.name, known.arguments, (*known.bindings, *added), known.durable)
     dead_letters = QueueSpec(dlq_name(queue), {}, (Binding(DLX_EXCHANGE, queue),))
     return Topology((), (spec, dead_letters))
 
@@ -629,25 +628,42 @@ class EventBus:
             )
             if self._connection is not None and self.declare:
                 with self._acquire() as connection:
-                    self._declare(connection, subscription)
+                    self._declare(connection, subscription.topology)
             self._subscriptions[queue] = subscription
             return subscription
+
+    def declare_queue(self, name: str, durable: bool = True, *, pattern: str | None = None) -> str:
+        """Declare queue ``name`` with the DLX wiring and its DLQ, bound to ``pattern`` if given.
+
+        Idempotent; the guide's queues keep their own arguments. Returns the name.
+        """
+        if pattern is not None:
+            check_pattern(pattern)
+        topology = _subscription_topology(name, pattern)
+        if not durable:
+            queue, dead = topology.queues
+            topology = Topology(
+                (), (QueueSpec(queue.name, queue.arguments, queue.bindings, False), dead)
+            )
+        with self._acquire() as connection:
+            self._declare(connection, topology)
+        return name
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
         """The subscriptions made so far."""
         return tuple(self._subscriptions.values())
 
-    def _declare(self, connection: Connection, subscription: Subscription) -> None:
+    def _declare(self, connection: Connection, topology: Topology) -> None:
         try:
             if not self._ladder_declared:
                 apply_topology(connection, _ladder_topology())
                 self._ladder_declared = True
-            apply_topology(connection, subscription.topology)
+            apply_topology(connection, topology)
         except connection.channel_errors as err:
+            names = ", ".join(q.name for q in topology.queues)
             raise ConfigurationError(
-                f"cannot declare queue {subscription.queue!r}: {err} (a queue of that name "
-                "exists with other arguments?)"
+                f"cannot declare {names}: {err} (a queue of that name exists with other arguments?)"
             ) from err
 
     def start_consuming(self, *, block: bool = True) -> None:
