@@ -325,14 +325,16 @@ class RPCServer:
                     LOG_HANDLER_FAILED, self.service, method, type(err).__name__, exc_info=True
                 )
             body = encode_error(type(err).__name__, str(err))
+        reply = None
         if reply_to:
-            self._reply(reply_to, properties.get("correlation_id"), body)
-        self._ack(delivery)
-
-    def _reply(self, reply_to: str, correlation_id: str | None, body: bytes) -> None:
-        reply = amqp.Message(body, content_type=CONTENT_TYPE, correlation_id=correlation_id)
+            reply = amqp.Message(
+                body, content_type=CONTENT_TYPE, correlation_id=properties.get("correlation_id")
+            )
+        # After a reconnect the reply still helps a caller that waits, but the ack cannot be
+        # sent: the broker requeued the request with the old channel.
+        tag = message.delivery_tag if delivery.generation == self._link.generation else None
         try:
-            self._link.publish(reply, "", reply_to)
+            self._link.reply_and_ack(reply, reply_to or "", tag)
         except Exception as err:
             logger.warning(LOG_REPLY_FAILED, self.service, err)
 

@@ -306,12 +306,12 @@ def test_a_request_prefetched_past_its_deadline_is_skipped(
     server.add_method("slow", slow)
     server.add_method("echo", echo)
     with serving(server):
-        slow = client.call_async(service, {}, timeout=5, method="slow")
+        slow_call = client.call_async(service, {}, timeout=5, method="slow")
         time.sleep(0.1)  # let the slow request reach the handler first
         # When the waiting request's deadline passes before a thread is free
         with pytest.raises(RPCTimeout):
             client.call(service, {"n": 1}, timeout=0.3, method="echo")
-        assert slow.result() == "slow done"
+        assert slow_call.result() == "slow done"
         # Then it is dropped unexecuted, and the next request runs
         assert client.call(service, {"n": 2}, timeout=5, method="echo") == 2
     assert echoed == [2]
