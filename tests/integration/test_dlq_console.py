@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,13 +13,15 @@ from kombu import Connection
 
 from kitty_tasks.application import app
 from kitty_tasks.management import ManagementClient
-from tests.helpers import CeleryWorker, queue_counts, wait_for
+from tests.helpers import ROOT, CeleryWorker, queue_counts, wait_for
 from tests.integration.ops_support import cli, own_vhost
 from tests.integration.ops_tasks import FAULT_FILE_ENV, RUNS_FILE_ENV, fragile, needs_key
 
 pytestmark = [pytest.mark.rabbitmq]
 
 DLQ = "research.tasks.dlq"
+#: The installed entry point, next to the interpreter running the tests.
+KITTY_TASKS = str(Path(sys.executable).with_name("kitty-tasks"))
 
 
 @pytest.fixture
@@ -192,3 +196,35 @@ def test_bad_queue_and_bad_url_are_one_line_errors(ops_url: str) -> None:
         assert result.exit_code == 1, result.output
         assert words in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.slow
+def test_a_replay_killed_part_way_loses_nothing(ops_url: str) -> None:
+    # Given ten dead letters and no worker
+    with Connection(ops_url) as connection:
+        producer = connection.Producer()
+        for item in range(10):
+            producer.publish(
+                [[item], {}, {}], exchange="dlx", routing_key="research.tasks",
+                headers={"task": "research.fragile", "id": f"t-{item}", "retries": 1,
+                         "x-kitty-error-type": "ValueError"},
+            )  # fmt: skip
+    wait_for(lambda: queue_counts(ops_url, DLQ)[0] == 10, 10, 0.1, what="ten dead letters")
+
+    # When a slow replay (2 per second) is killed with SIGKILL after a few moves
+    replay = subprocess.Popen(
+        [KITTY_TASKS, "--url", ops_url, "dlq", "replay", DLQ, "--rate", "2", "--json"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    wait_for(lambda: queue_counts(ops_url, "research.tasks")[0] >= 2, 20, 0.05, what="two moves")
+    replay.kill()
+    replay.wait(10)
+
+    # Then every message is in one queue or the other (at most one twice: confirmed, not acked)
+    def settled() -> tuple[int, int] | None:
+        dead, moved = queue_counts(ops_url, DLQ)[0], queue_counts(ops_url, "research.tasks")[0]
+        return (dead, moved) if dead + moved >= 10 else None
+
+    dead, moved = wait_for(settled, 10, 0.1, what="the unacked messages back in the DLQ")
+    assert 2 <= moved < 10
+    assert dead + moved in (10, 11)

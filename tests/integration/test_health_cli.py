@@ -60,6 +60,7 @@ def test_health_follows_the_task_queues_consumers(ops_url: str) -> None:
     assert "task queue research.tasks has no consumer" in report["problems"]
 
 
+@pytest.mark.slow
 def test_dead_letters_warn_and_can_be_made_fatal(ops_url: str) -> None:
     # Given a dead letter in cad.tasks.dlq and a worker on every task queue
     with Connection(ops_url) as connection:
