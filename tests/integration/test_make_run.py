@@ -129,11 +129,17 @@ def platform(platform_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
     try:
         yield info
     finally:
-        # A failed test must not leave its platform running: kill what is left, by group.
+        # A failed test must not leave its platform running: Ctrl-C first (so run.sh
+        # tidies up), then kill what is left, group by group.
         if process.poll() is None:
-            for pid in descendants(process.pid) | {process.pid}:
+            started = descendants(process.pid) | {process.pid}
+            os.killpg(process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=30)
+            for pid in started:
                 with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
+                    if alive(pid):
+                        os.killpg(pid, signal.SIGKILL)
             process.wait(timeout=30)
         log.close()
 
