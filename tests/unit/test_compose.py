@@ -66,6 +66,10 @@ def test_the_image_builds_from_files_that_exist() -> None:
     assert sources
     for source in sources:
         assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    # And the build context (trimmed by Dockerfile.dockerignore) keeps every one of them
+    kept = (COMPOSE_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+    for source in sources:
+        assert f"!{source.rstrip('/')}" in kept, f"Dockerfile.dockerignore drops {source}"
     # And the installed project is what pyproject.toml packages
     assert {"kitty_tasks", "events", "rpc", "celeryconfig.py", "pyproject.toml"} <= set(sources)
 
