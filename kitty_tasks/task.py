@@ -69,6 +69,15 @@ class KittyTask(Task):  # type: ignore[misc]
 
     def apply_async(self, *args: Any, **options: Any) -> Any:
         """Celery's ``apply_async``; a broker nack raises ``PublishRejected`` naming the queue."""
+        # Celery's saferepr of the arguments (for Flower) took a third of an enqueue's CPU
+        # (benchmarks/RESULTS.md); JSON-only arguments repr safely, so a plain, trimmed repr.
+        sender = self.app.amqp
+        if "argsrepr" not in options:
+            task_args = args[0] if args else options.get("args")
+            options["argsrepr"] = _trimmed_repr(tuple(task_args or ()), sender.argsrepr_maxsize)
+        if "kwargsrepr" not in options:
+            task_kwargs = args[1] if len(args) > 1 else options.get("kwargs")
+            options["kwargsrepr"] = _trimmed_repr(task_kwargs or {}, sender.kwargsrepr_maxsize)
         try:
             return super().apply_async(*args, **options)
         except (MessageNacked, OperationalError) as err:
@@ -209,3 +218,9 @@ class KittyTask(Task):  # type: ignore[misc]
         except Exception as err:
             logger.error(LOG_COPY_FAILED, self.name, request.id, err)
             raise Reject(reason=f"could not publish the retry/dead-letter copy: {err}") from err
+
+
+def _trimmed_repr(value: Any, limit: int) -> str:
+    """``repr(value)`` cut to ``limit`` characters, as Flower shows task arguments."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
