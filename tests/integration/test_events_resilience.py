@@ -11,7 +11,7 @@ import pytest
 from events import Event, EventBus
 from kitty_tasks.management import ManagementClient
 from tests.conftest import drop_connections
-from tests.helpers import queue_counts
+from tests.helpers import queue_counts, wait_for
 from tests.integration.events_helpers import Collector, consuming, unique
 
 pytestmark = pytest.mark.rabbitmq
@@ -23,11 +23,20 @@ TOTAL = 10_000
 def test_ten_thousand_events_all_arrive_across_dropped_connections(
     amqp_url: str, management_client: ManagementClient, test_vhost: str
 ) -> None:
-    # Given a subscriber and 10,000 events published with publish_many before it consumes
+    # Given a subscriber and 10,000 events published with publish_many before it consumes;
+    # the handler pauses at the 3,000th event until the connections are dropped, so the
+    # drop surely lands mid-stream (the management API lists new connections with a lag)
     collector = Collector()
+    dropped_gate = threading.Event()
+
+    def handler(event: Event) -> None:
+        collector(event)
+        if len(collector.events) == 3_000:
+            dropped_gate.wait(30)
+
     bus = EventBus(amqp_url, source=unique("bulk-service"), prefetch_count=200)
     bus.connect()
-    subscription = bus.subscribe("load.bulk.sent", collector)
+    subscription = bus.subscribe("load.bulk.sent", handler)
     started = time.monotonic()
     with EventBus(amqp_url, source="load-service") as publisher:
         published = publisher.publish_many(("load.bulk.sent", {"i": i}) for i in range(TOTAL))
@@ -35,9 +44,10 @@ def test_ten_thousand_events_all_arrive_across_dropped_connections(
     assert queue_counts(amqp_url, subscription.queue)[0] == TOTAL
     with consuming(bus):
         # When every connection of the vhost is closed in the middle of consuming
-        collector.wait_for(lambda events: len(events) >= TOTAL // 3, timeout=60)
-        dropped = drop_connections(management_client, test_vhost)
+        collector.wait_for(lambda events: len(events) >= 3_000, timeout=60)
+        dropped = wait_for(lambda: drop_connections(management_client, test_vhost), 20)
         received_at_drop = len(collector.events)
+        dropped_gate.set()
         # Then the consumer reconnects and everything arrives
         collector.wait_for(lambda events: len({e.event_id for e in events}) == TOTAL, timeout=60)
         consume_seconds = time.monotonic() - started - publish_seconds
