@@ -13,7 +13,14 @@ broker_url = _settings.rabbitmq_url
 result_backend = _settings.result_backend
 broker_connection_retry_on_startup = True
 # Every publish waits for the broker's confirm; a nack raises at the caller.
-broker_transport_options = {"confirm_publish": True}
+# The socket timeouts bound every blocking read/write of py-amqp: without them a publish
+# on a connection the broker blocked (memory/disk alarm) waits for its confirm, and then
+# for channel.close-ok, forever. KittyTask.apply_async turns the timeout into PublishTimeout.
+broker_transport_options = {
+    "confirm_publish": True,
+    "read_timeout": _settings.publish_timeout,
+    "write_timeout": _settings.publish_timeout,
+}
 broker_pool_limit = 10
 
 # JSON only: pickle is refused by the worker, never executed.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConfigurationError",
     "InvalidInput",
     "KittyError",
     "PayloadTooLarge",
@@ -17,6 +18,10 @@ __all__ = [
 
 class KittyError(Exception):
     """Base class of every error the platform raises."""
+
+
+class ConfigurationError(KittyError, ValueError):
+    """Settings that cannot work together; raised at start, before any message is taken."""
 
 
 class TopologyError(KittyError):

@@ -151,7 +151,7 @@ class ConfirmedPublisher:
         while not tags <= (self._acked | self._nacked):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.close()
+                self._abandon()
                 raise PublishTimeout(
                     f"broker confirmed {len(tags & self._acked)} of {len(tags)} message(s) "
                     f"within {timeout:g}s (is a memory or disk alarm blocking publishers?)"
@@ -160,6 +160,14 @@ class ConfirmedPublisher:
                 self.connection.drain_events(timeout=min(remaining, 1.0))
             except TimeoutError:
                 continue
+
+    def _abandon(self) -> None:
+        # A broker that blocked this connection (memory/disk alarm) reads nothing more from
+        # it, so channel.close would wait for close-ok forever: drop the socket instead; the
+        # connection reconnects on its next use.
+        self._channel = None
+        with contextlib.suppress(Exception):  # best effort on a connection we give up on
+            self.connection.collect()
 
     def close(self) -> None:
         """Close the channel; the connection stays with its owner."""

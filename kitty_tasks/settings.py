@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(10.0, gt=0, alias="KITTY_PUBLISH_TIMEOUT")
     prefetch_multiplier: int = Field(1, ge=1, alias="KITTY_PREFETCH_MULTIPLIER")
     task_time_limit: float | None = Field(None, gt=0, alias="KITTY_TASK_TIME_LIMIT")
+    #: The broker's consumer_timeout in ms (RabbitMQ's default, 30 min; 0 = disabled there).
+    broker_consumer_timeout: int = Field(1_800_000, ge=0, alias="KITTY_BROKER_CONSUMER_TIMEOUT")
     management_url: str = Field("http://localhost:15672", alias="KITTY_MANAGEMENT_URL")
     metrics_port: int | None = Field(None, ge=0, le=65535, alias="KITTY_METRICS_PORT")
     idempotency_db: str = Field(".kitty-idempotency.sqlite3", alias="KITTY_IDEMPOTENCY_DB")

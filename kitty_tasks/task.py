@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any, ClassVar
 
@@ -14,7 +15,7 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from kitty_tasks.deadletter import failure_headers, utc_now
-from kitty_tasks.errors import InvalidInput, Permanent, PublishRejected
+from kitty_tasks.errors import InvalidInput, Permanent, PublishRejected, PublishTimeout
 from kitty_tasks.retry import RetryPlan, plan_retry
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
@@ -78,9 +79,19 @@ class KittyTask(Task):  # type: ignore[misc]
         if "kwargsrepr" not in options:
             task_kwargs = args[1] if len(args) > 1 else options.get("kwargs")
             options["kwargsrepr"] = _trimmed_repr(task_kwargs or {}, sender.kwargsrepr_maxsize)
+        started = time.monotonic()
         try:
             return super().apply_async(*args, **options)
-        except (MessageNacked, OperationalError) as err:
+        except (MessageNacked, OperationalError, TimeoutError) as err:
+            if _caused_by(err, TimeoutError):
+                # The socket timeouts of broker_transport_options fired: the broker took
+                # the bytes but sent no confirm, as under a memory or disk alarm.
+                bound = (self.app.conf.broker_transport_options or {}).get("read_timeout")
+                raise PublishTimeout(
+                    f"broker did not confirm task {self.name!r} within "
+                    f"{time.monotonic() - started:.1f}s (socket bound {bound}s, "
+                    "KITTY_PUBLISH_TIMEOUT): is a memory or disk alarm blocking publishers?"
+                ) from err
             # kombu wraps the nack in OperationalError; other connection errors pass on.
             if not isinstance(err, MessageNacked) and not isinstance(err.__cause__, MessageNacked):
                 raise
@@ -224,3 +235,15 @@ def _trimmed_repr(value: Any, limit: int) -> str:
     """``repr(value)`` cut to ``limit`` characters, as Flower shows task arguments."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
+    """True when ``err`` or an exception in its cause/context chain is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
