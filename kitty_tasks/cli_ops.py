@@ -102,6 +102,35 @@ def _kwargs(text: str) -> dict[str, Any]:
     return value
 
 
+def _submit(
+    app: Any,
+    url: str,
+    task_name: str,
+    *,
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+    wait: float | None,
+) -> dict[str, Any]:
+    """Publish the task on a connection to ``url``; wait for its result if asked."""
+    try:
+        with app.connection_for_write(url) as connection:
+            result = app.tasks[task_name].apply_async(
+                kwargs=kwargs, connection=connection, **options
+            )
+    except (KittyError, OperationalError) as err:
+        raise click.ClickException(f"cannot submit {task_name}: {err}") from err
+    answer: dict[str, Any] = {"task_id": result.id, "task": task_name}
+    if wait is not None:
+        try:
+            answer["result"] = result.get(timeout=wait, propagate=False)
+            answer["state"] = result.state
+        except Exception as err:
+            raise click.ClickException(
+                f"no result for {result.id} within {wait:g}s: {err}"
+            ) from err
+    return answer
+
+
 @tasks.command("submit")
 @click.argument("task_name")
 @click.option("--kwargs", "kwargs_text", default="{}", help="Keyword arguments as a JSON object.")
@@ -130,7 +159,6 @@ def tasks_submit(
 
     kwargs = _kwargs(kwargs_text)
     url = ctx.obj["url"]
-    app.conf.broker_url = url
     app.loader.import_default_modules()
     known = sorted(name for name in app.tasks if not name.startswith("celery."))
     if task_name not in app.tasks or task_name.startswith("celery."):
@@ -142,26 +170,18 @@ def tasks_submit(
         options["queue"] = queue
     with operator_errors(), open_connection(url):
         pass  # fail with one clear line before Celery's own connection retries
+    # The result backend (rpc://) reads on the app's broker: point it at --url for this
+    # command only, so that an in-process caller's app is left as it was.
+    previous_url = app.conf.broker_url
+    app.conf.broker_url = url
     try:
-        with app.connection_for_write(url) as connection:
-            result = app.tasks[task_name].apply_async(
-                kwargs=kwargs, connection=connection, **options
-            )
-    except (KittyError, OperationalError) as err:
-        raise click.ClickException(f"cannot submit {task_name}: {err}") from err
-    answer: dict[str, Any] = {"task_id": result.id, "task": task_name}
-    if wait is not None:
-        try:
-            answer["result"] = result.get(timeout=wait, propagate=False)
-            answer["state"] = result.state
-        except Exception as err:
-            raise click.ClickException(
-                f"no result for {result.id} within {wait:g}s: {err}"
-            ) from err
+        answer = _submit(app, url, task_name, kwargs=kwargs, options=options, wait=wait)
+    finally:
+        app.conf.broker_url = previous_url
     if as_json:
         echo_json(answer)
         return
-    click.echo(f"submitted {task_name} as {result.id}")
+    click.echo(f"submitted {task_name} as {answer['task_id']}")
     if "result" in answer:
         click.echo(f"{answer['state']}: {json.dumps(answer['result'], default=str)}")
 

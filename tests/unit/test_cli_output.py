@@ -137,3 +137,13 @@ def test_unknown_task_names_the_known_ones() -> None:
     assert code == 1
     assert "unknown task 'no.such.task'; known:" in output
     assert "research.paper" in output
+
+
+def test_submitting_to_another_broker_leaves_the_apps_own_broker_alone() -> None:
+    from kitty_tasks.application import app
+
+    before = app.conf.broker_url
+    code, _ = run("tasks", "submit", "research.paper", "--kwargs", '{"query": "x"}')
+
+    assert code == 1
+    assert app.conf.broker_url == before

@@ -1,0 +1,46 @@
+"""``kitty-tasks tasks submit`` against the real broker and a real worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from kitty_tasks.application import app
+from kitty_tasks.management import ManagementClient
+from tests.helpers import CeleryWorker, queue_counts
+from tests.integration.ops_support import cli, own_vhost
+
+pytestmark = [pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
+    """A vhost of this test's own."""
+    with own_vhost(management_client) as url:
+        yield url
+
+
+def test_submit_publishes_with_priority_and_waits_for_the_result(ops_url: str) -> None:
+    # Given no worker yet, a submitted task waits in its queue
+    queued = cli(ops_url, "tasks", "submit", "cad.generate", "--priority", "9",
+                 "--kwargs", '{"shape": "box", "width": 1, "depth": 1, "height": 1}')  # fmt: skip
+    assert queued.exit_code == 0, queued.output
+    assert queued.stdout.startswith("submitted cad.generate as ")
+    assert queue_counts(ops_url, "cad.tasks")[0] == 1
+
+    # When a research worker runs and a research task is submitted with --wait
+    before = app.conf.broker_url
+    with CeleryWorker(ops_url, ["research.tasks"], pool="solo"):
+        kwargs = json.dumps({"query": "gearbox", "max_results": 2})
+        done = cli(ops_url, "tasks", "submit", "research.paper", "--priority", "5",
+                   "--kwargs", kwargs, "--wait", "30", "--json")  # fmt: skip
+
+    # Then its result is printed, and the test process's app still points where it did
+    assert done.exit_code == 0, done.output
+    answer = json.loads(done.stdout)
+    assert answer["state"] == "SUCCESS"
+    assert answer["result"]["query"] == "gearbox"
+    assert len(answer["result"]["results"]) <= 2
+    assert app.conf.broker_url == before
