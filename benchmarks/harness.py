@@ -75,6 +75,8 @@ class Case:
 
     name = ""
     title = ""
+    #: True during the warm-up rounds: a case may run smaller trials then.
+    warming = False
 
     def setup(self, env: BenchEnv, *, quick: bool) -> None:
         """Start servers, declare queues; called once before the warm-up."""
@@ -188,9 +190,11 @@ def run_case(
         result.targets = case.targets()
         for v in variants:
             samples[v.name] = []
+        case.warming = True
         for _ in range(warmup):
             for v in variants:
                 v.run()
+        case.warming = False
         for round_no in range(pairs):
             for v in variants:
                 sample = v.run()
