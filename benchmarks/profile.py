@@ -30,17 +30,22 @@ def _frame(text: str) -> str:
     return _PATH.sub(" (", text, count=1)
 
 
-def summarise(raw: Path, top: int = TOP) -> str:
-    """Inclusive share of samples per frame, from py-spy's ``--format raw`` output."""
+def summarise(raw: Path, top: int = TOP, only: str | None = None) -> str:
+    """Inclusive share of samples per frame, from py-spy's ``--format raw`` output.
+
+    With ``only``, just the stacks matching that regex (e.g. one consumer thread's loop).
+    """
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if only and not re.search(only, stack):
+            continue
         samples = int(count)
         total += samples
         for frame in dict.fromkeys(_frame(f) for f in stack.split(";")[1:]):
             inclusive[frame] += samples
-    lines = [f"{total} samples (all threads and processes)"]
+    lines = [f"{total} samples" + (f" in stacks matching {only!r}" if only else "")]
     lines += [f"{100 * n / total:5.1f}%  {f[:140]}" for f, n in inclusive.most_common(top)]
     return "\n".join(lines)
 
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("case", choices=sorted(CASES))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
+    parser.add_argument("--only", help="regex: keep only stacks matching it (e.g. a thread's loop)")
     parser.add_argument("--target", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.target:
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             "--rounds", str(args.rounds), "--target",
         ]  # fmt: skip
         subprocess.run(command, check=True)
-        print(summarise(raw))
+        print(summarise(raw, only=args.only))
     return 0
 
 
