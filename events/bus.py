@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import select
 import threading
 import time
 import weakref
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+import amqp
 from kombu.connection import Connection
 from kombu.entity import Queue
 from kombu.exceptions import OperationalError
@@ -65,8 +67,20 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Event], Any]
 
-#: Events a subscriber may hold unacked at once (per subscription).
-DEFAULT_PREFETCH = 10
+#: Events a subscriber may hold unacked at once (per subscription). Handlers run one at a
+#: time, so prefetch x the slowest handler's time must stay well under the broker's
+#: consumer_timeout (30 min by default): 100 x 10 s is 17 min.
+DEFAULT_PREFETCH = 100
+#: Handled events acked together with one ``basic.ack(multiple=True)`` (at most half the
+#: prefetch); the batch also goes out when the queue has nothing more to deliver right now.
+ACK_BATCH = 25
+#: Seconds a handled event waits at most for its batch's ack; and the gap between handled
+#: events from which each is acked on its own (batching pays only for fast handlers).
+ACK_DELAY = 0.2
+ACK_SLOW_HANDLER = 0.005
+#: Bytes asked of the consumer's socket per read: a few messages per syscall, while the
+#: remainder py-amqp copies at every frame read stays small.
+CONSUME_RECV_CHUNK = 16 * 1024
 #: Pooled connections for publishing; a thread holds one only while it publishes.
 DEFAULT_POOL_LIMIT = 8
 #: Reconnect backoff of consumers and publishers: first wait, growth per try, ceiling (seconds).
@@ -116,6 +130,7 @@ LOG_COPY_FAILED = "could not publish the retry/dead-letter copy of %s from %s; r
 LOG_BUG = "unexpected error while processing a delivery from %s; requeued"
 LOG_RECONNECT = "broker connection of %s lost (%r); reconnecting in %.1fs"
 LOG_WORKER_CRASH = "consumer of %s crashed; restarting"
+LOG_ACK_LOST = "acks of handled events from %s not sent (%s); the broker redelivers them"
 LOG_PUBLISH_RETRY = "publish failed on a broken connection (%r); retry %d of %d in %.1fs"
 
 #: The event a handler is working on, so events it publishes carry causation and correlation.
@@ -724,7 +739,14 @@ class EventBus:
 
     # -- processing a delivery (runs on a subscription's thread) ------------------------------
 
-    def _process(self, subscription: Subscription, message: Any) -> None:
+    def _process(
+        self,
+        subscription: Subscription,
+        message: Any,
+        ack: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Decode, validate and handle one delivery, then ``ack(message)`` (default: at once)."""
+        acknowledge = ack or _ack_now
         headers = dict(message.headers or {})
         attempt = _int(headers.get(H_ATTEMPT), 1)
         queue = subscription.queue
@@ -745,7 +767,7 @@ class EventBus:
                 headers=headers,
                 event_type=event_type,
             )
-            message.ack()
+            acknowledge(message)
             return
         token = _current_event.set(event)
         try:
@@ -771,12 +793,12 @@ class EventBus:
                     headers=headers,
                     event_type=event.event_type,
                 )
-            message.ack()
+            acknowledge(message)
             return
         finally:
             _current_event.reset(token)
-        message.ack()
-        EVENTS_CONSUMED.labels(event.event_type, queue).inc()
+        acknowledge(message)
+        _consumed_counter(event.event_type, queue).inc()
 
     def _copy(self, message: Any, headers: dict[str, Any]) -> dict[str, Any]:
         properties = {
@@ -871,6 +893,7 @@ class _SubscriptionWorker(ConsumerMixin):  # type: ignore[misc]
         self.subscription = subscription
         self.connection = bus._connection.clone()
         self.ready = threading.Event()
+        self._acks: _AckBatch | None = None
 
     def get_consumers(self, consumer: Any, channel: Any) -> list[Any]:
         queue = Queue(self.subscription.queue, no_declare=True)
@@ -917,7 +940,7 @@ class _SubscriptionWorker(ConsumerMixin):  # type: ignore[misc]
             # Not started: left unacked, the broker gives it to the next consumer.
             return
         try:
-            self.bus._process(self.subscription, message)
+            self.bus._process(self.subscription, message, self._ack)
         except (*self.connection.connection_errors, *self.connection.channel_errors):
             raise
         except PublishError as err:
@@ -928,6 +951,63 @@ class _SubscriptionWorker(ConsumerMixin):  # type: ignore[misc]
         except Exception:
             logger.exception(LOG_BUG, self.subscription.queue)
             self._requeue_later(message)
+
+    def _ack(self, message: Any) -> None:
+        acks = self._acks
+        if acks is None or message.channel is not acks.channel:
+            message.ack()
+        else:
+            acks.add(message.delivery_tag)
+
+    def consume(
+        self,
+        limit: int | None = None,
+        timeout: float | None = None,
+        safety_interval: float = 1,
+        **kwargs: Any,
+    ) -> Iterator[None]:
+        """ConsumerMixin.consume, acking handled events in batches (flushed before it returns).
+
+        On py-amqp it reads the socket itself: kombu's loop sets and resets the socket timeout
+        (two syscalls) and reads each frame part with its own ``recv``, for every event.
+        """
+        with self.consumer_context(**kwargs) as (conn, channel, _consumers):
+            acks = _AckBatch(channel, max(1, min(ACK_BATCH, self.subscription.prefetch_count // 2)))
+            self._acks = acks
+            try:
+                raw = conn.connection
+                if isinstance(raw, amqp.Connection) and hasattr(raw.transport, "_quick_recv"):
+                    yield from self._read_loop(conn, raw, acks, safety_interval)
+                else:
+                    for _ in super().consume(limit, timeout, safety_interval, **kwargs):
+                        acks.flush()
+                        yield
+            finally:
+                self._acks = None
+                # Before the channel closes (which would requeue them for a second delivery).
+                try:
+                    acks.flush()
+                except (*conn.connection_errors, *conn.channel_errors) as err:
+                    logger.warning(LOG_ACK_LOST, self.subscription.queue, err)
+
+    def _read_loop(
+        self, conn: Connection, raw: amqp.Connection, acks: _AckBatch, idle_wait: float
+    ) -> Iterator[None]:
+        transport = raw.transport
+        _buffer_reads(transport)
+        poller = select.poll()
+        poller.register(transport.sock, select.POLLIN)
+        while not self.should_stop:
+            if not _has_data(transport, poller, 0):
+                # Nothing more to handle right now: ack what was handled, then wait.
+                acks.flush()
+                if not _has_data(transport, poller, idle_wait):
+                    conn.heartbeat_check()
+                    continue
+            elif acks.due():
+                acks.flush()
+            raw.blocking_read(None)
+            yield
 
     def _requeue_later(self, message: Any) -> None:
         # A short pause so that a persistent failure does not spin; stop() cuts it short.
@@ -947,6 +1027,88 @@ class _SubscriptionWorker(ConsumerMixin):  # type: ignore[misc]
                 logger.exception(LOG_WORKER_CRASH, self.subscription.queue)
                 self.bus._stopping.wait(RECONNECT_START)
         self.ready.clear()
+
+
+#: EVENTS_CONSUMED's child per (event type, queue): ``labels()`` costs more than a dict lookup.
+_CONSUMED: dict[tuple[str, str], Any] = {}
+
+
+def _consumed_counter(event_type: str, queue: str) -> Any:
+    counter = _CONSUMED.get((event_type, queue))
+    if counter is None:
+        counter = EVENTS_CONSUMED.labels(event_type, queue)
+        if len(_CONSUMED) < 10_000:
+            _CONSUMED[(event_type, queue)] = counter
+    return counter
+
+
+def _ack_now(message: Any) -> None:
+    message.ack()
+
+
+class _AckBatch:
+    """Handled deliveries of one channel, acked with one ``basic.ack(multiple=True)``.
+
+    Deliveries are handled one at a time in delivery order, so acking the last handled tag
+    with ``multiple`` acks exactly the handled ones before it (a requeued one is settled
+    already; one left unhandled at stop has a higher tag).
+    """
+
+    def __init__(self, channel: Any, size: int) -> None:
+        self.channel = channel
+        self.size = size
+        self.last_tag: int | None = None
+        self.count = 0
+        self.since = 0.0
+        self.handled_at = 0.0
+
+    def add(self, delivery_tag: int) -> None:
+        now = time.monotonic()
+        if self.last_tag is None:
+            self.since = now
+        self.last_tag = delivery_tag
+        self.count += 1
+        # Events handled more than ACK_SLOW_HANDLER apart gain nothing from a shared ack.
+        slow = now - self.handled_at > ACK_SLOW_HANDLER
+        self.handled_at = now
+        if slow or self.count >= self.size or now - self.since >= ACK_DELAY:
+            self.flush()
+
+    def due(self) -> bool:
+        return self.last_tag is not None and time.monotonic() - self.since >= ACK_DELAY
+
+    def flush(self) -> None:
+        tag, self.last_tag = self.last_tag, None
+        self.count = 0
+        if tag is not None:
+            self.channel.basic_ack(tag, multiple=True)
+
+
+def _buffer_reads(transport: Any) -> None:
+    """Read up to ``CONSUME_RECV_CHUNK`` bytes per ``recv``; py-amqp keeps the surplus.
+
+    As ``rpc.link`` does: py-amqp asks for exactly each frame part (header, payload, end),
+    three syscalls per frame. Plain TCP only: TLS keeps its own buffer.
+    """
+    sock = getattr(transport, "sock", None)
+    if sock is None or hasattr(sock, "pending"):
+        return
+    recv: Callable[[int], bytes] = sock.recv
+
+    def recv_chunk(n: int) -> bytes:
+        return recv(max(n, CONSUME_RECV_CHUNK))
+
+    transport._quick_recv = recv_chunk
+
+
+def _has_data(transport: Any, poller: select.poll, timeout: float) -> bool:
+    """True when a frame (part) is buffered or the socket is readable within ``timeout``."""
+    if transport._read_buffer:
+        return True
+    pending = getattr(transport.sock, "pending", None)
+    if pending is not None and pending():
+        return True
+    return bool(poller.poll(timeout * 1000))
 
 
 def _int(value: object, default: int) -> int:

@@ -59,6 +59,9 @@ class SchemaRegistry:
 
     def versions(self, event_type: str) -> tuple[int, ...]:
         """Registered versions of ``event_type``, oldest first."""
+        if not self._models.get(event_type):
+            # Most types have no schema: answered without the lock (a dict read is atomic).
+            return ()
         with self._lock:
             return tuple(sorted(self._models.get(event_type, {})))
 
