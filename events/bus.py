@@ -43,6 +43,7 @@ from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage
 from kitty_tasks.retry import plan_retry
 from kitty_tasks.settings import Settings, get_settings
 from kitty_tasks.topology import (
+    BROKER_DEATH_HEADERS,
     DELAY_PREFIX,
     DLX_EXCHANGE,
     DLX_QUEUE,
@@ -95,18 +96,6 @@ PUBLISH_RETRIES = 3
 ANONYMOUS_SOURCE = "unknown-service"
 #: Errors of a handler that no retry can fix: dead-lettered at once.
 NON_RETRYABLE: tuple[type[BaseException], ...] = (Permanent, SchemaError, ValidationError)
-#: Broker headers describing earlier trips through the ladder; our x-kitty-* headers say more.
-_BROKER_DEATH_HEADERS = frozenset(
-    {
-        "x-death",
-        "x-first-death-exchange",
-        "x-first-death-queue",
-        "x-first-death-reason",
-        "x-last-death-exchange",
-        "x-last-death-queue",
-        "x-last-death-reason",
-    }
-)
 #: AMQP properties copied onto a retried or dead-lettered copy of a delivery.
 _COPIED_PROPERTIES = (
     "content_type",
@@ -822,7 +811,8 @@ class EventBus:
     ) -> None:
         plan = plan_retry(attempt - 1, base=self.retry_backoff_base, cap=self.retry_backoff_max)
         exchange = delay_exchange_name(plan.bucket)
-        carried = {k: v for k, v in headers.items() if k not in _BROKER_DEATH_HEADERS}
+        # The broker's record of earlier trips through the ladder; our x-kitty-* headers say more.
+        carried = {k: v for k, v in headers.items() if k not in BROKER_DEATH_HEADERS}
         carried.update(
             {
                 H_ATTEMPT: attempt + 1,
@@ -862,7 +852,7 @@ class EventBus:
         headers: dict[str, Any],
         event_type: str,
     ) -> None:
-        carried = {k: v for k, v in headers.items() if k not in _BROKER_DEATH_HEADERS}
+        carried = {k: v for k, v in headers.items() if k not in BROKER_DEATH_HEADERS}
         carried.update(
             failure_headers(
                 exc, attempts=attempts, first_failure=headers.get(H_FIRST_FAILURE), queue=queue

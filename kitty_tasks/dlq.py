@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from kitty_tasks.topology import (
+    BROKER_DEATH_HEADERS,
     DLQ_SUFFIX,
     FAILURE_HEADERS,
     H_ATTEMPT,
@@ -46,16 +47,6 @@ H_PUBLISHED_AT = "x-kitty-published-at"
 #: How many times an operator has replayed this message out of a DLQ.
 H_REPLAYS = "x-kitty-replays"
 
-#: Headers the broker writes when it dead-letters a message itself.
-_BROKER_DEATH_HEADERS = (
-    "x-death",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-)
 #: Properties a replay must not copy: a stale expiry would kill the message again,
 #: and user_id is checked against the replaying operator's own login.
 _DROPPED_PROPERTIES = frozenset({"expiration", "user_id", "application_headers"})
@@ -263,7 +254,7 @@ def matches(letter: DeadLetter, patterns: Sequence[str]) -> bool:
 
 def replay_headers(headers: Mapping[str, Any], *, now: float | None = None) -> dict[str, Any]:
     """The headers a replayed message carries: failure history dropped, attempts back to zero."""
-    dropped = {*FAILURE_HEADERS, H_ATTEMPT, *_BROKER_DEATH_HEADERS}
+    dropped = {*FAILURE_HEADERS, H_ATTEMPT, *BROKER_DEATH_HEADERS}
     fresh = {key: value for key, value in headers.items() if key not in dropped}
     if "retries" in fresh:
         # Celery's own retry counter: the task gets its full retry budget again.

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "BROKER_DEATH_HEADERS",
     "DEFAULT_RETRY_BUCKETS",
     "DLQ_SUFFIX",
     "DLX_EXCHANGE",
@@ -78,6 +79,18 @@ FAILURE_HEADERS = (
     H_FIRST_FAILURE,
     H_LAST_FAILURE,
     H_ORIGINAL_QUEUE,
+)
+#: Headers the broker writes when it dead-letters a message itself.
+BROKER_DEATH_HEADERS = frozenset(
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+    }
 )
 
 _THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000

@@ -16,6 +16,8 @@ from typing import TypeVar
 from kombu import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The installed ``kitty-tasks`` entry point, next to the interpreter running the tests.
+KITTY_TASKS = str(Path(sys.executable).with_name("kitty-tasks"))
 T = TypeVar("T")
 
 

@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kombu import Connection
 
 from kitty_tasks.application import app
-from kitty_tasks.management import ManagementClient
-from tests.helpers import ROOT, CeleryWorker, queue_counts, wait_for
-from tests.integration.ops_support import cli, own_vhost
+from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, queue_counts, wait_for
+from tests.integration.ops_support import cli
 from tests.integration.ops_tasks import FAULT_FILE_ENV, RUNS_FILE_ENV, fragile, needs_key
 
 pytestmark = [pytest.mark.rabbitmq]
 
 DLQ = "research.tasks.dlq"
-#: The installed entry point, next to the interpreter running the tests.
-KITTY_TASKS = str(Path(sys.executable).with_name("kitty-tasks"))
-
-
-@pytest.fixture
-def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test's own (the session vhost is shared with other tests)."""
-    with own_vhost(management_client) as url:
-        yield url
 
 
 def _show(url: str) -> dict[str, object]:

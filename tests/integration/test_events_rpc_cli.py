@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kitty_tasks.management import ManagementClient
 from rpc import RPCServer
-from tests.helpers import ROOT
-from tests.integration.ops_support import cli, own_vhost
+from tests.helpers import KITTY_TASKS, ROOT
+from tests.integration.ops_support import cli
 
 pytestmark = [pytest.mark.rabbitmq]
-
-KITTY_TASKS = str(Path(sys.executable).with_name("kitty-tasks"))
-
-
-@pytest.fixture
-def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test's own."""
-    with own_vhost(management_client) as url:
-        yield url
 
 
 def test_tail_prints_what_publish_sends(ops_url: str) -> None:

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from kombu import Connection
 
-from kitty_tasks.management import ManagementClient
 from kitty_tasks.topology import TASK_QUEUES
 from tests.helpers import CeleryWorker, wait_for
-from tests.integration.ops_support import cli, own_vhost
+from tests.integration.ops_support import cli
 
 pytestmark = [pytest.mark.rabbitmq]
-
-
-@pytest.fixture
-def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test's own, so that no other test's worker counts as a consumer."""
-    with own_vhost(management_client) as url:
-        yield url
 
 
 @pytest.mark.slow

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,23 +12,12 @@ import pytest
 from kombu import Connection
 
 from kitty_tasks.application import app
-from kitty_tasks.management import ManagementClient
 from tests.conftest import MANAGEMENT_URL
-from tests.helpers import ROOT, CeleryWorker, wait_for
-from tests.integration.ops_support import free_port, own_vhost, sample, scrape
+from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, wait_for
+from tests.integration.ops_support import free_port, sample, scrape
 from tests.integration.ops_tasks import FAULT_FILE_ENV, fragile, needs_key
 
 pytestmark = [pytest.mark.rabbitmq]
-
-#: The installed entry point, next to the interpreter running the tests.
-KITTY_TASKS = str(Path(sys.executable).with_name("kitty-tasks"))
-
-
-@pytest.fixture
-def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test's own, so that the gauges count only this test's messages."""
-    with own_vhost(management_client) as url:
-        yield url
 
 
 @pytest.fixture

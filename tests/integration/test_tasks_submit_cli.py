@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from kitty_tasks.application import app
-from kitty_tasks.management import ManagementClient
-from tests.helpers import ROOT, CeleryWorker, queue_counts
-from tests.integration.ops_support import cli, own_vhost
+from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, queue_counts
+from tests.integration.ops_support import cli
 
 pytestmark = [pytest.mark.rabbitmq]
-
-KITTY_TASKS = str(Path(sys.executable).with_name("kitty-tasks"))
-
-
-@pytest.fixture
-def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test's own."""
-    with own_vhost(management_client) as url:
-        yield url
 
 
 def test_submit_publishes_with_priority_and_waits_for_the_result(ops_url: str) -> None:

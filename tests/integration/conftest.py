@@ -1,0 +1,21 @@
+"""Fixtures of the integration tests that several modules share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from kitty_tasks.management import ManagementClient
+from tests.integration.ops_support import own_vhost
+
+
+@pytest.fixture
+def ops_url(test_vhost: str, management_client: ManagementClient) -> Iterator[str]:
+    """A vhost of this test's own, with the topology applied; deleted afterwards.
+
+    The session vhost is shared: health, DLQ and gauge tests must see only their own
+    queues, messages and consumers.
+    """
+    with own_vhost(management_client) as url:
+        yield url
