@@ -38,7 +38,13 @@ from events.routing import check_pattern, topic_matches
 from events.schemas import SchemaRegistry, default_registry
 from kitty_tasks.broker import apply_topology, vhost_of
 from kitty_tasks.deadletter import failure_headers, utc_now
-from kitty_tasks.metrics import EVENTS_CONSUMED, EVENTS_FAILED, EVENTS_PUBLISHED
+from kitty_tasks.metrics import (
+    EVENTS_CONSUMED,
+    EVENTS_FAILED,
+    EVENTS_PUBLISHED,
+    EVENTS_UNROUTABLE,
+    serve_metrics,
+)
 from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage
 from kitty_tasks.retry import plan_retry
 from kitty_tasks.settings import Settings, get_settings
@@ -274,6 +280,7 @@ class EventBus:
         self.require_schemas = require_schemas
         self.declare = declare
         self.management_url = settings.management_url
+        self.metrics_port = settings.metrics_port
         #: Events confirmed by the broker but routed to no queue (only with allow_unroutable).
         self.unroutable_count = 0
         self._connection: Connection | None = None
@@ -475,8 +482,9 @@ class EventBus:
         returned = set(result.returned)
         for event in events:
             if event.event_id in returned:
-                continue
-            EVENTS_PUBLISHED.labels(event.event_type, event.source).inc()
+                EVENTS_UNROUTABLE.labels(event.event_type, event.source).inc()
+            else:
+                EVENTS_PUBLISHED.labels(event.event_type, event.source).inc()
         if returned:
             with self._lock:
                 self.unroutable_count += len(returned)
@@ -693,6 +701,8 @@ class EventBus:
             ]
             for thread in self._threads:
                 thread.start()
+        if self.metrics_port is not None:
+            serve_metrics(self.metrics_port)
         if not block:
             return
         try:

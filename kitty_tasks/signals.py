@@ -14,27 +14,30 @@ from typing import Any
 
 from celery import signals
 from celery.states import FAILURE, RETRY, SUCCESS
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess, start_http_server
+from prometheus_client import multiprocess
 
 from kitty_tasks.dlq import H_PUBLISHED_AT
-from kitty_tasks.metrics import TASK_QUEUE_WAIT, TASK_RUNTIME, TASKS
+from kitty_tasks.metrics import (
+    MULTIPROC_ENV,
+    TASK_QUEUE_WAIT,
+    TASK_RUNTIME,
+    TASKS,
+    serve_metrics,
+)
 from kitty_tasks.settings import get_settings
 
-__all__ = ["H_DEAD_LETTERED", "metrics_registry", "start_metrics_server"]
+__all__ = ["H_DEAD_LETTERED"]
 
 logger = logging.getLogger(__name__)
 
 #: Request attribute KittyTask sets once the message is safely in its DLQ.
 H_DEAD_LETTERED = "kitty_dead_lettered"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-LOG_SERVING = "task metrics on http://0.0.0.0:%d/metrics (%s)"
 LOG_NO_MULTIPROC = (
     "KITTY_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: a prefork worker's "
     "children record into their own memory and /metrics will not show their tasks"
 )
 
-_started: dict[str, Any] = {}
 #: task id -> monotonic start, per process (a child runs one task at a time, threads several).
 _running: dict[str, float] = {}
 
@@ -93,38 +96,14 @@ def _on_postrun(
     TASKS.labels(task=task.name, queue=queue, outcome=outcome).inc()
 
 
-def metrics_registry() -> CollectorRegistry:
-    """The registry a worker serves: every child's samples in multiprocess mode, else our own."""
-    if os.environ.get(MULTIPROC_ENV):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return registry
-    return REGISTRY
-
-
-def start_metrics_server(port: int) -> bool:
-    """Serve /metrics on ``port`` once per process; False (logged) when the port is taken."""
-    if "server" in _started:
-        return True
-    if not os.environ.get(MULTIPROC_ENV):
-        logger.warning(LOG_NO_MULTIPROC)
-    try:
-        _started["server"] = start_http_server(port, registry=metrics_registry())
-    except OSError as err:
-        # A worker without metrics still does its work; say so loudly instead of dying.
-        logger.error("cannot serve task metrics on port %d: %s", port, err)
-        return False
-    logger.info(
-        LOG_SERVING, port, "multiprocess" if os.environ.get(MULTIPROC_ENV) else "single process"
-    )
-    return True
-
-
 def _serve_worker_metrics(**_: Any) -> None:
     """Start the worker's metrics endpoint when KITTY_METRICS_PORT is set."""
     port = get_settings().metrics_port
-    if port is not None:
-        start_metrics_server(port)
+    if port is None:
+        return
+    if not os.environ.get(MULTIPROC_ENV):
+        logger.warning(LOG_NO_MULTIPROC)
+    serve_metrics(port)
 
 
 def _forget_child(pid: int | None = None, **_: Any) -> None:

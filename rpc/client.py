@@ -33,6 +33,7 @@ from rpc.errors import (
 from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
 from rpc.protocol import (
     CONTENT_TYPE,
+    DEFAULT_METHOD_LABEL,
     REPLY_TO,
     decode_reply,
     encode_payload,
@@ -46,8 +47,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds a call waits for its reply unless told otherwise (the KITT guide's default).
 DEFAULT_TIMEOUT = 30.0
-#: The metrics' method label of a call to a server's default handler.
-DEFAULT_METHOD_LABEL = "default"
 #: Extra seconds ``call`` waits beyond the timeout for the reader to report it, a safety net only.
 _TIMEOUT_GRACE = 1.0
 

@@ -21,6 +21,7 @@ from rpc.errors import (
 
 __all__ = [
     "CONTENT_TYPE",
+    "DEFAULT_METHOD_LABEL",
     "H_DEADLINE",
     "H_METHOD",
     "REPLY_TO",
@@ -43,6 +44,8 @@ CONTENT_TYPE = "application/json"
 H_METHOD = "x-kitty-rpc-method"
 #: Header with the caller's deadline in epoch milliseconds; a server skips requests past it.
 H_DEADLINE = "x-kitty-rpc-deadline"
+#: The metrics' method label of a call to, and a request for, a server's default handler.
+DEFAULT_METHOD_LABEL = "default"
 
 _SEPARATORS = (",", ":")
 

@@ -13,6 +13,7 @@ import amqp
 from pydantic import BaseModel, ValidationError
 
 from kitty_tasks.deadletter import failure_headers
+from kitty_tasks.metrics import RPC_REQUESTS, serve_metrics
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
     DLX_EXCHANGE,
@@ -26,6 +27,7 @@ from rpc.errors import MalformedRequest, NotConnected, UnknownMethod
 from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
 from rpc.protocol import (
     CONTENT_TYPE,
+    DEFAULT_METHOD_LABEL,
     H_METHOD,
     deadline_passed,
     decode_request,
@@ -41,6 +43,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 4
 #: Seconds ``stop`` waits for running handlers before closing the connection anyway.
 DEFAULT_STOP_TIMEOUT = 30.0
+#: The metrics' method label of requests for a method the server does not have.
+UNKNOWN_METHOD_LABEL = "unknown"
+#: Errors that are the caller's fault (counted as ``bad_request``, not logged as failures).
+_CALLER_ERRORS = (MalformedRequest, UnknownMethod, ValidationError)
 
 LOG_HANDLER_FAILED = "%s: handler for method %s failed; replying with %s"
 LOG_EXPIRED = "%s: skipping a request whose deadline passed (correlation id %s)"
@@ -110,6 +116,7 @@ class RPCServer:
         self.concurrency = concurrency
         self.prefetch = prefetch or concurrency
         self.max_message_bytes = max_message_bytes or settings.max_message_bytes
+        self.metrics_port = settings.metrics_port
         self._link = Link(
             self.url,
             name=f"rpc-server {service}",
@@ -193,6 +200,8 @@ class RPCServer:
             ]
             for worker in self._workers:
                 worker.start()
+            if self.metrics_port is not None:
+                serve_metrics(self.metrics_port)
             self._link.serve(self._stopping, setup=self._setup, on_lost=self._on_lost)
         except KeyboardInterrupt:
             self._stopping.set()
@@ -299,11 +308,12 @@ class RPCServer:
         properties = message.properties
         headers = properties.get("application_headers") or {}
         reply_to = properties.get("reply_to")
+        method = headers.get(H_METHOD)
         if deadline_passed(headers):
             logger.info(LOG_EXPIRED, self.service, properties.get("correlation_id"))
+            self._count(method, "expired")
             self._ack(delivery)
             return
-        method = headers.get(H_METHOD)
         try:
             payload = decode_request(message.body)
             handler = self._handlers.get(method)
@@ -316,15 +326,20 @@ class RPCServer:
                     else f"service {self.service!r} has no default handler; name a method"
                 )
             body = encode_result(handler.invoke(payload), max_bytes=self.max_message_bytes)
+            outcome = "ok"
         except Exception as err:
             if not reply_to:
                 self._dead_letter(delivery, err)
                 return
-            if not isinstance(err, (MalformedRequest, UnknownMethod, ValidationError)):
+            if isinstance(err, _CALLER_ERRORS):
+                outcome = "bad_request"
+            else:
+                outcome = "error"
                 logger.warning(
                     LOG_HANDLER_FAILED, self.service, method, type(err).__name__, exc_info=True
                 )
             body = encode_error(type(err).__name__, str(err))
+        self._count(method, outcome)
         reply = None
         if reply_to:
             reply = amqp.Message(
@@ -365,4 +380,13 @@ class RPCServer:
             logger.warning(LOG_REPLY_FAILED, self.service, publish_err)
             return
         logger.warning(LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq_name(self.service))
+        self._count(headers.get(H_METHOD), "dead_lettered")
         self._ack(delivery)
+
+    def _count(self, method: object, outcome: str) -> None:
+        """Count a handled request; unknown method names share one label, to bound the series."""
+        if not (method is None or isinstance(method, str)) or method not in self._handlers:
+            label = UNKNOWN_METHOD_LABEL
+        else:
+            label = DEFAULT_METHOD_LABEL if method is None else method
+        RPC_REQUESTS.labels(self.service, label, outcome).inc()
