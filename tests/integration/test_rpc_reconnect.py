@@ -18,8 +18,11 @@ pytestmark = pytest.mark.rabbitmq
 
 @pytest.mark.slow
 def test_a_call_in_flight_at_a_drop_fails_and_later_calls_succeed(
-    amqp_url: str, management_client: ManagementClient
+    ops_url: str, management_client: ManagementClient
 ) -> None:
+    # A vhost of the test's own: only this client's and server's connections live in it,
+    # so "two connections listed" means exactly those two.
+    amqp_url = ops_url
     # Given a call in flight to a slow handler
     service = service_name("drop")
     server = RPCServer(amqp_url, service, concurrency=2)
