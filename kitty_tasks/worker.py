@@ -11,12 +11,16 @@ from celery.worker.consumer import Consumer
 from kitty_tasks.errors import ConfigurationError
 from kitty_tasks.settings import get_settings
 
-__all__ = ["KittyConsumer", "check_time_limit"]
+__all__ = ["KittyConsumer", "check_time_limit", "malformed_reason"]
 
 logger = logging.getLogger(__name__)
 
 LOG_UNDECODABLE = "undecodable message (%s, content-type %r) rejected to its dead-letter queue: %s"
 
+
+LOG_MALFORMED = "malformed task message (task %r) rejected to its dead-letter queue: %r"
+#: What Celery's message parsing raises on a body of the wrong shape (not [args, kwargs, embed]).
+MALFORMED_BODY_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError)
 
 TIME_LIMIT_TOO_LONG = (
     "task time limit {limit:g}s ({source}) is not below the broker's consumer_timeout of "
@@ -60,6 +64,30 @@ def check_time_limit(app: Celery, consumer_timeout_ms: int | None = None) -> Non
         )
 
 
+def malformed_reason(message: Any) -> str | None:
+    """Why a protocol-2 task message is not ``[args, kwargs, embed]``; None when it is.
+
+    Undecodable bodies and messages without task headers are left to Celery's own
+    handling (``on_decode_error``, ``on_unknown_message``), which dead-letters them.
+    """
+    if "task" not in (message.headers or {}):
+        return None
+    try:
+        body = message.payload  # decoded once; Celery's Request reuses kombu's cached decode
+    except Exception:
+        return None
+    if not isinstance(body, (list, tuple)) or len(body) != 3:
+        return f"body is {type(body).__name__}, not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, (list, tuple)):
+        return f"args is {type(args).__name__}, not a list"
+    if not isinstance(kwargs, dict):
+        return f"kwargs is {type(kwargs).__name__}, not an object"
+    if embed is not None and not isinstance(embed, dict):
+        return f"embed is {type(embed).__name__}, not an object"
+    return None
+
+
 class KittyConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, but a body it cannot decode is rejected (dead-lettered), not acked."""
 
@@ -67,6 +95,31 @@ class KittyConsumer(Consumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # Built while the worker starts, before it connects: refuse here, not mid-task.
         check_time_limit(self.app)
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's handler, but a body that breaks Celery's own parsing is dead-lettered."""
+        handler = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            reason = malformed_reason(message)
+            if reason is not None:
+                # Celery would fail such a task "outside its body" and ack it: lost silently.
+                logger.error(LOG_MALFORMED, message.headers.get("task"), reason)
+                message.reject_log_error(logger, self.connection_errors, requeue=False)
+                return None
+            try:
+                return handler(message)
+            except MALFORMED_BODY_ERRORS as exc:
+                # E.g. a body of ``null`` or ``0`` under task headers: Celery's strategy
+                # raises TypeError, which would restart the consumer and redeliver the
+                # message forever. Reject it (no requeue) so it goes to the DLQ with x-death.
+                if message.acknowledged:
+                    raise
+                logger.error(LOG_MALFORMED, message.headers.get("task"), exc, exc_info=True)
+                message.reject_log_error(logger, self.connection_errors, requeue=False)
+                return None
+
+        return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         # Celery's default acks the message, which silently drops it; rejecting

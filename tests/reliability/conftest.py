@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from kombu import Connection
 
 from kitty_tasks.broker import apply_topology
 from kitty_tasks.topology import TOPOLOGY, Topology
-from tests.reliability.node import RabbitNode, rabbitmq_available
+from tests.reliability.helpers import WorkerProcess
+from tests.reliability.node import RabbitNode, free_port, rabbitmq_available
 
 #: Every node name of this run starts with this, so leftovers are easy to spot.
 NODE_PREFIX = f"kittyrel-{os.getpid()}"
@@ -41,6 +43,8 @@ class NodeFactory:
             **kwargs,  # type: ignore[arg-type]
         )
         self.nodes.append(node)
+        # Also on an interrupted run (Ctrl-C, a timeout): no node outlives the tests.
+        atexit.register(node.kill)
         return node
 
     def close(self) -> None:
@@ -69,7 +73,6 @@ def rabbit_node(request: pytest.FixtureRequest, node_factory: NodeFactory) -> Ra
     """The module's own node, started once; a module sets ``NODE_CONFIG`` for rabbitmq.conf."""
     config = dict(getattr(request.module, "NODE_CONFIG", {}))
     management = bool(getattr(request.module, "NODE_MANAGEMENT", False))
-    from tests.reliability.node import free_port
 
     node = node_factory(
         request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"),
@@ -97,3 +100,11 @@ def node_url(rabbit_node: RabbitNode) -> str:
         # A test that left the node down must not take the next one with it.
         rabbit_node.start()
     return fresh_vhost(rabbit_node)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_workers() -> Iterator[None]:
+    """A test that fails midway leaves no worker process running."""
+    yield
+    while WorkerProcess.started:
+        WorkerProcess.started.pop().kill()

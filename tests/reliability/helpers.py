@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from kombu import Connection
 
@@ -78,6 +79,8 @@ class WorkerProcess:
     concurrency: int = 4
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    #: Every worker started in this process, so a fixture can kill leftovers.
+    started: ClassVar[list[WorkerProcess]] = []
 
     @property
     def log_path(self) -> Path:
@@ -126,6 +129,7 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        WorkerProcess.started.append(self)
         if wait:
             self.wait_consuming(timeout=timeout)
         return self
