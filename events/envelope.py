@@ -201,6 +201,9 @@ class Event(BaseModel):
             payload = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except (UnicodeDecodeError, ValueError) as err:
             raise DecodeError(f"body is not UTF-8 JSON: {err}") from err
+        except RecursionError as err:
+            # Thousands of nested arrays: without this the bus requeues the body forever.
+            raise DecodeError("body is JSON nested too deeply to decode") from err
         if not isinstance(payload, dict):
             raise DecodeError(f"body is a JSON {type(payload).__name__}, not an event object")
         try:

@@ -12,10 +12,17 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu import Exchange
 from kombu.exceptions import OperationalError
+from kombu.utils.json import dumps as json_dumps
 from pydantic import ValidationError
 
 from kitty_tasks.deadletter import failure_headers, utc_now
-from kitty_tasks.errors import InvalidInput, Permanent, PublishRejected, PublishTimeout
+from kitty_tasks.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    Permanent,
+    PublishRejected,
+    PublishTimeout,
+)
 from kitty_tasks.retry import RetryPlan, plan_retry
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
@@ -79,6 +86,11 @@ class KittyTask(Task):  # type: ignore[misc]
         if "kwargsrepr" not in options:
             task_kwargs = args[1] if len(args) > 1 else options.get("kwargs")
             options["kwargsrepr"] = _trimmed_repr(task_kwargs or {}, sender.kwargsrepr_maxsize)
+        _check_size(
+            self.name,
+            args[0] if args else options.get("args"),
+            args[1] if len(args) > 1 else options.get("kwargs"),
+        )
         started = time.monotonic()
         try:
             return super().apply_async(*args, **options)
@@ -247,3 +259,18 @@ def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
+
+
+def _check_size(name: str, args: Any, kwargs: Any) -> None:
+    """Raise ``PayloadTooLarge`` when the task's JSON arguments exceed KITTY_MAX_MESSAGE_BYTES."""
+    try:
+        # ~2 us for typical arguments; Celery serialises them once more when it publishes.
+        size = len(json_dumps([args or (), kwargs or {}]).encode())
+    except Exception:  # Celery raises its own EncodeError for what JSON cannot carry
+        return
+    limit = get_settings().max_message_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"task {name!r} arguments are {size:,} bytes as JSON, over the {limit:,}-byte "
+            "limit (KITTY_MAX_MESSAGE_BYTES); nothing was sent"
+        )

@@ -11,12 +11,14 @@ from typing import Any
 from celery import Celery
 
 from events.idempotency import SQLiteStore, idempotent
+from kitty_tasks.research import ResearchRequest
 from kitty_tasks.topology import RESEARCH_TASKS
 
-__all__ = ["FLAKY_TASK", "RECORD_TASK", "make_app", "record_line"]
+__all__ = ["FLAKY_TASK", "RECORD_TASK", "VALIDATED_TASK", "make_app", "record_line"]
 
 RECORD_TASK = "reliability.record"
 FLAKY_TASK = "reliability.flaky"
+VALIDATED_TASK = "reliability.validated"
 #: Directory where the worker writes what it ran (``runs.log``, ``effects.log``, the store).
 RECORD_DIR_ENV = "KITTY_REL_DIR"
 
@@ -69,6 +71,13 @@ def make_app(url: str | None) -> Celery:
             raise RuntimeError(f"failing on purpose, attempt {int(self.request.retries or 0) + 1}")
         record_line("effects", str(self.request.id))
         return fail_times
+
+    @app.task(name=VALIDATED_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def validated(self: Any, **fields: Any) -> str:
+        # The research task's own input model: a schema-invalid task is a Permanent error.
+        request = ResearchRequest.model_validate(fields)
+        record_line("runs", str(self.request.id))
+        return request.query
 
     return app
 
