@@ -44,6 +44,31 @@ JSON = st.recursive(
 )
 #: A body: a JSON document (NaN and infinities included), or bytes of any kind.
 BODIES = st.one_of(JSON.map(lambda doc: json.dumps(doc).encode()), st.binary(max_size=512))
+#: Event bodies: anything, or an envelope with fuzzed fields (some valid, most not).
+EVENT_BODIES = st.one_of(
+    BODIES,
+    st.fixed_dictionaries(
+        {
+            "event_id": st.uuids().map(str) | st.text(max_size=8),
+            "event_type": st.sampled_from(["reliability.fuzz.tick", "Not A Type", ""]),
+            "version": st.integers(min_value=-2, max_value=3) | st.text(max_size=3),
+            "timestamp": st.sampled_from(["2026-01-01T00:00:00+00:00", "yesterday", 0]),
+            "source": st.text(max_size=10),
+            "data": JSON,
+        }
+    ).map(lambda doc: json.dumps(doc).encode()),
+    # a valid envelope around fuzzed data: the handler must get these
+    st.fixed_dictionaries(
+        {
+            "event_id": st.uuids().map(str),
+            "event_type": st.just("reliability.fuzz.tick"),
+            "version": st.just(1),
+            "timestamp": st.just("2026-01-01T00:00:00+00:00"),
+            "source": st.just("fuzz-service"),
+            "data": st.dictionaries(st.text(max_size=10), JSON, max_size=4),
+        }
+    ).map(lambda doc: json.dumps(doc).encode()),
+)
 #: Task bodies of Celery's shape [args, kwargs, embed] with fuzzed contents ("sleep" left out:
 #: a fuzzed sleep of 1e300 seconds would test patience, not the platform).
 TASK_BODIES = st.one_of(
@@ -167,6 +192,7 @@ def test_fuzzed_events_are_handled_or_dead_lettered(node_url: str) -> None:
                 "reliability.fuzz.x",
                 {"content_type": "application/json"},
             ),
+            EVENT_BODIES,
         )
         # Then each is handled or lands in the DLQ, and the queue drains
         wait_for(
