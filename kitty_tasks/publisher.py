@@ -155,7 +155,14 @@ class ConfirmedPublisher:
         messages: Sequence[OutgoingMessage],
         ids: dict[int, OutgoingMessage],
     ) -> None:
-        """Frame every message (mandatory basic.publish) and send them in as few writes as can."""
+        """Frame every message (mandatory basic.publish) and send them in as few writes as can.
+
+        Not ``channel.basic_publish``: besides a ``sendall`` per message, py-amqp polls the
+        socket before each one (two ``settimeout`` calls and a ``recv``) for a
+        connection.blocked notice; ``_wait`` reads whatever the broker sent anyway, and a
+        blocked connection ends in ``PublishTimeout``. Writes of up to ``WRITE_CHUNK`` let
+        the broker start on a large batch while the rest is framed.
+        """
         write_frame, frames = self._write_frame, self._frames
         assert write_frame is not None  # set by _open
         send = self.connection.connection.transport.write
