@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import amqp
@@ -25,6 +27,9 @@ __all__ = ["TaskDrain", "TaskEnqueue"]
 DRAIN_TIMEOUT = 240.0
 #: Worker processes on both sides of the drain (the machine has 2 cores).
 DRAIN_PROCESSES = 2
+#: Set (to anything) to also drain with DRAIN_PROCESSES single-process ``--pool solo`` workers;
+#: off by default: it adds ~2.5 minutes and lost to prefork (benchmarks/RESULTS.md, F4).
+SOLO_ENV = "BENCH_DRAIN_SOLO"
 
 
 class TaskEnqueue(Case):
@@ -143,8 +148,14 @@ class TaskDrain(Case):
         env.purge(BRAIN_COMMANDS, self.dramatiq_queue)
 
     def variants(self) -> list[Variant]:
+        solo = (
+            [Variant("celery 2 x solo", self._celery_solo, platform=True)]
+            if os.environ.get(SOLO_ENV)
+            else []
+        )
         return [
             Variant("celery worker", self._celery, platform=True),
+            *solo,
             Variant("Dramatiq, prefetch 1/process", self._dramatiq_prefetch1),
             Variant("Dramatiq, defaults", self._dramatiq),
         ]
@@ -195,31 +206,52 @@ class TaskDrain(Case):
             for i in range(self.count)
         ]
 
-    def _fill(self, queue: str, messages: list[tuple[amqp.Message, str, str]]) -> None:
-        # Unconfirmed for speed; we then wait until the queue holds every message.
+    def _fill(
+        self, queue: str, messages: list[tuple[amqp.Message, str, str]], *, purge: bool = True
+    ) -> None:
+        # Unconfirmed for speed; we then wait until the queue holds every message (unless
+        # workers already consume it).
         conn = self.env.amqp_connection()
         try:
             channel = conn.channel()
-            channel.queue_purge(queue)
+            if purge:
+                channel.queue_purge(queue)
             for message, exchange, key in messages:
                 channel.basic_publish(message, exchange=exchange, routing_key=key)
             deadline = time.monotonic() + 60
-            while channel.queue_declare(queue, passive=True).message_count < len(messages):
+            while purge and channel.queue_declare(queue, passive=True).message_count < len(
+                messages
+            ):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{queue} did not fill up to {len(messages)}")
                 time.sleep(0.05)
         finally:
             conn.close()
 
-    def _celery(self) -> Sample:
-        self._fill(BRAIN_COMMANDS, self._celery_messages())
-        # The Procfile's worker command, on 2 processes, with the bench task module.
-        command = [
+    def _celery_command(self, *pool: str) -> list[str]:
+        # The Procfile's worker command with the bench task module.
+        return [
             sys.executable, "-m", "celery", "-A", "benchmarks.tasks_celery", "worker",
             "-Q", BRAIN_COMMANDS, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h",
-            "-c", str(DRAIN_PROCESSES), "--loglevel", "WARNING",
+            *pool, "--loglevel", "WARNING",
         ]  # fmt: skip
-        return self._drain(command)
+
+    def _celery(self) -> Sample:
+        self._fill(BRAIN_COMMANDS, self._celery_messages())
+        return self._drain(self._celery_command("--pool", "prefork", "-c", str(DRAIN_PROCESSES)))
+
+    def _celery_solo(self) -> Sample:
+        # DRAIN_PROCESSES single-process workers: each runs tasks in its consuming process.
+        # Two separate workers boot separately: the queue is filled once both consume, or
+        # the first would drain alone (on a core shared with the other's start-up).
+        self.env.purge(BRAIN_COMMANDS)
+        messages = self._celery_messages()
+        commands = [
+            self._celery_command("--pool", "solo", "-c", "1") for _ in range(DRAIN_PROCESSES)
+        ]
+        return self._drain(
+            *commands, ready=lambda: self._fill(BRAIN_COMMANDS, messages, purge=False)
+        )
 
     def _dramatiq(self, *extra: str, env: dict[str, str] | None = None) -> Sample:
         self._fill(self.dramatiq_queue, self._dramatiq_messages())
@@ -227,31 +259,49 @@ class TaskDrain(Case):
             sys.executable, "-m", "dramatiq", "benchmarks.tasks_dramatiq",
             "--processes", str(DRAIN_PROCESSES), *extra,
         ]  # fmt: skip
-        return self._drain(command, env)
+        return self._drain(command, env=env)
 
     def _dramatiq_prefetch1(self) -> Sample:
         return self._dramatiq("--threads", "1", env={"dramatiq_queue_prefetch": "1"})
 
-    def _drain(self, command: list[str], env: dict[str, str] | None = None) -> Sample:
+    def _drain(
+        self,
+        *commands: list[str],
+        env: dict[str, str] | None = None,
+        ready: Callable[[], None] | None = None,
+    ) -> Sample:
+        """Start ``commands`` (workers), time their drain from the first to the last task.
+
+        With ``ready``, the workers start on an empty queue and ``ready`` fills it once every
+        one of them consumes.
+        """
         workdir = self.env.workdir
         marks.clear(workdir)
-        # A file, not a pipe: a chatty worker would block on a full pipe nobody reads.
-        self.log = workdir / f"{command[2]}.log"
-        with self.log.open("wb") as log:
-            proc = subprocess.Popen(
-                command,
-                env={**self.env.subprocess_env(), **(env or {})},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        clock = CpuClock(self.broker, helpers=(proc.pid,), include_self=False)
+        procs: list[subprocess.Popen[Any]] = []
         try:
-            start = self._wait_mark("first", proc)
+            for n, command in enumerate(commands):
+                # A file, not a pipe: a chatty worker would block on a full pipe nobody reads.
+                self.log = workdir / f"{command[2]}-{n}.log"
+                with self.log.open("wb") as log:
+                    procs.append(
+                        subprocess.Popen(
+                            command,
+                            env={**self.env.subprocess_env(), **(env or {})},
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                        )
+                    )
+            clock = CpuClock(self.broker, helpers=tuple(p.pid for p in procs), include_self=False)
+            if ready is not None:
+                self._wait_consumers(BRAIN_COMMANDS, len(procs), procs)
+                ready()
+            start = self._wait_mark("first", procs)
             client0, broker0 = clock.read()
-            end = self._wait_mark("last", proc)
+            end = self._wait_mark("last", procs)
             client1, broker1 = clock.read()
         finally:
-            _stop(proc)
+            for proc in procs:
+                _stop(proc)
         return Sample(
             messages=self.count,
             seconds=end - start,
@@ -259,12 +309,28 @@ class TaskDrain(Case):
             broker_cpu=broker1 - broker0,
         )
 
-    def _wait_mark(self, name: str, proc: subprocess.Popen[Any]) -> float:
+    def _wait_consumers(self, queue: str, count: int, procs: list[subprocess.Popen[Any]]) -> None:
+        conn = self.env.amqp_connection()
+        try:
+            channel = conn.channel()
+            deadline = time.monotonic() + DRAIN_TIMEOUT
+            while channel.queue_declare(queue, passive=True).consumer_count < count:
+                for proc in procs:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"worker exited with {proc.returncode}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{queue} did not get {count} consumers")
+                time.sleep(0.05)
+        finally:
+            conn.close()
+
+    def _wait_mark(self, name: str, procs: list[subprocess.Popen[Any]]) -> float:
         deadline = time.monotonic() + DRAIN_TIMEOUT
         while (value := marks.read(self.env.workdir, name)) is None:
-            if proc.poll() is not None:
-                err = self.log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"worker exited with {proc.returncode}: {err}")
+            for proc in procs:
+                if proc.poll() is not None:
+                    err = self.log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"worker exited with {proc.returncode}: {err}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no '{name}' mark within {DRAIN_TIMEOUT:g}s")
             time.sleep(0.002)
