@@ -16,7 +16,7 @@ from events import (
     SchemaError,
     SchemaRegistry,
 )
-from events.bus import _caller_properties
+from events.publishing import caller_properties
 from events.routing import check_pattern, topic_matches
 from kitty_tasks.settings import Settings
 
@@ -120,15 +120,15 @@ def test_constructor_rejects_nonsense() -> None:
 
 
 def test_pika_properties_are_read_and_envelope_ones_refused() -> None:
-    assert _caller_properties(pika.BasicProperties(delivery_mode=2)) == {"delivery_mode": 2}
-    assert _caller_properties({"priority": 5, "headers": {"k": "v"}}) == {
+    assert caller_properties(pika.BasicProperties(delivery_mode=2)) == {"delivery_mode": 2}
+    assert caller_properties({"priority": 5, "headers": {"k": "v"}}) == {
         "priority": 5,
         "application_headers": {"k": "v"},
     }
     with pytest.raises(InvalidEvent, match="message_id are set by the event envelope"):
-        _caller_properties(pika.BasicProperties(message_id="mine"))
+        caller_properties(pika.BasicProperties(message_id="mine"))
     with pytest.raises(InvalidEvent, match="delivery_mode must be 1 or 2"):
-        _caller_properties({"delivery_mode": 3})
+        caller_properties({"delivery_mode": 3})
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,265 @@
+"""Publishing events: size-checked encoding, pooled confirm channels, naming the full queue."""
+
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.exceptions import OperationalError
+
+from events.connection import RECONNECT_MAX, RECONNECT_START, RECONNECT_STEP, safe_url
+from events.envelope import Event
+from events.errors import InvalidEvent, NotConnected, PayloadTooLarge, PublishError, PublishRejected
+from events.routing import topic_matches
+from kitty_tasks.broker import vhost_of
+from kitty_tasks.metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE
+from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage, PublishResult
+from kitty_tasks.topology import EVENTS_EXCHANGE, TOPOLOGY
+
+__all__ = [
+    "DEFAULT_POOL_LIMIT",
+    "NOT_CONNECTED",
+    "PUBLISH_RETRIES",
+    "PublisherPool",
+    "caller_properties",
+    "encode",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Pooled connections for publishing; a thread holds one only while it publishes.
+DEFAULT_POOL_LIMIT = 8
+#: Times a publish is tried again after the connection broke under it.
+PUBLISH_RETRIES = 3
+#: Properties a caller may set through ``publish(properties=...)``; the envelope owns the rest.
+_CALLER_PROPERTIES = ("delivery_mode", "priority", "expiration", "reply_to", "headers")
+
+NOT_CONNECTED = "the EventBus is not connected: call bus.connect() or use `with EventBus(...)`"
+LOG_UNROUTABLE = "%d event(s) of type %s had no queue bound (allow_unroutable): %s"
+LOG_PUBLISH_RETRY = "publish failed on a broken connection (%r); retry %d of %d in %.1fs"
+
+
+def caller_properties(properties: object) -> dict[str, Any]:
+    """AMQP properties from a mapping or a ``pika.BasicProperties``-like object."""
+    if properties is None:
+        return {}
+    if isinstance(properties, Mapping):
+        given = dict(properties)
+    else:
+        names = (
+            *_CALLER_PROPERTIES,
+            "content_type",
+            "content_encoding",
+            "correlation_id",
+            "message_id",
+            "timestamp",
+            "type",
+            "user_id",
+            "app_id",
+            "cluster_id",
+        )
+        given = {
+            n: getattr(properties, n) for n in names if getattr(properties, n, None) is not None
+        }
+    unknown = sorted(k for k, v in given.items() if v is not None and k not in _CALLER_PROPERTIES)
+    if unknown:
+        raise InvalidEvent(
+            f"properties {', '.join(unknown)} are set by the event envelope; "
+            f"only {', '.join(_CALLER_PROPERTIES)} may be given"
+        )
+    result: dict[str, Any] = {}
+    for name, given_value in given.items():
+        if given_value is None:
+            continue
+        value = getattr(given_value, "value", given_value)  # pika.DeliveryMode is an Enum
+        if name == "headers":
+            result["application_headers"] = dict(value)
+        elif name == "delivery_mode":
+            if value not in (1, 2):
+                raise InvalidEvent(f"delivery_mode must be 1 or 2, got {value!r}")
+            result[name] = int(value)
+        else:
+            result[name] = value
+    return result
+
+
+def encode(event: Event, extra: Mapping[str, Any], *, max_bytes: int) -> OutgoingMessage:
+    """``event`` as a message to ``kitty.events``; ``PayloadTooLarge`` over ``max_bytes``."""
+    body = event.encode()
+    if len(body) > max_bytes:
+        raise PayloadTooLarge(
+            f"event {event.event_type!r} ({event.event_id}) is {len(body):,} bytes encoded, "
+            f"over the {max_bytes:,}-byte limit (KITTY_MAX_MESSAGE_BYTES); "
+            "nothing was sent"
+        )
+    properties = event.to_properties()
+    if extra:
+        headers = {
+            **properties.get("application_headers", {}),
+            **extra.get("application_headers", {}),
+        }
+        properties.update(extra)
+        if headers:
+            properties["application_headers"] = headers
+    return OutgoingMessage(body, EVENTS_EXCHANGE, event.event_type, properties)
+
+
+class PublisherPool:
+    """A Kombu pool of connections, each with one confirm-mode channel, for one bus."""
+
+    def __init__(
+        self, connection: Connection, *, limit: int, url: str, management_url: str
+    ) -> None:
+        self.url = url
+        self.management_url = management_url
+        self._pool: Any = connection.Pool(limit=limit)
+        self._publishers: weakref.WeakKeyDictionary[Connection, ConfirmedPublisher] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def close(self) -> None:
+        """Close every pooled connection; later calls raise ``NotConnected``."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.force_close_all()
+
+    @contextmanager
+    def acquire(self) -> Iterator[Connection]:
+        """A pooled connection, held by this thread until the block ends."""
+        pool = self._pool
+        if pool is None:
+            raise NotConnected(NOT_CONNECTED)
+        connection = pool.acquire(block=True)
+        try:
+            yield connection
+        finally:
+            connection.release()
+
+    def send(
+        self,
+        events: Sequence[Event],
+        messages: Sequence[OutgoingMessage],
+        *,
+        allow_unroutable: bool,
+        timeout: float,
+    ) -> int:
+        """Publish the encoded ``events``, count them; returns how many no queue took."""
+        try:
+            result = self.publish(messages, allow_unroutable=allow_unroutable, timeout=timeout)
+        except PublishRejected as err:
+            queue = self.full_queue(events[0].event_type)
+            raise PublishRejected(
+                f"broker refused event(s) {events[0].event_type!r}: "
+                + (
+                    f"queue {queue!r} is full (x-overflow reject-publish)"
+                    if queue
+                    else "a queue bound for it is full (x-overflow reject-publish) or unavailable"
+                ),
+                queue=queue,
+            ) from err
+        returned = set(result.returned)
+        for event in events:
+            if event.event_id in returned:
+                EVENTS_UNROUTABLE.labels(event.event_type, event.source).inc()
+            else:
+                EVENTS_PUBLISHED.labels(event.event_type, event.source).inc()
+        if returned:
+            types = sorted({e.event_type for e in events if e.event_id in returned})
+            logger.warning(LOG_UNROUTABLE, len(returned), ", ".join(types), sorted(returned)[:10])
+        return len(returned)
+
+    def publish(
+        self, messages: Sequence[OutgoingMessage], *, allow_unroutable: bool, timeout: float
+    ) -> PublishResult:
+        """Publish on a pooled connection, retrying on a broken connection with backoff."""
+        for attempt in range(PUBLISH_RETRIES + 1):
+            with self.acquire() as connection:
+                publisher = self._publisher(connection, timeout)
+                try:
+                    return publisher.publish_batch(
+                        messages, allow_unroutable=allow_unroutable, timeout=timeout
+                    )
+                except PublishError:
+                    raise
+                except (OperationalError, *connection.connection_errors) as err:
+                    publisher.close()
+                    connection.collect()
+                    if attempt == PUBLISH_RETRIES:
+                        raise PublishError(
+                            f"could not publish to {safe_url(self.url)} after "
+                            f"{PUBLISH_RETRIES + 1} tries: {err!r}"
+                        ) from err
+                    delay = min(RECONNECT_MAX, RECONNECT_START + RECONNECT_STEP * attempt)
+                    logger.warning(LOG_PUBLISH_RETRY, err, attempt + 1, PUBLISH_RETRIES, delay)
+                except connection.channel_errors as err:
+                    publisher.close()
+                    raise PublishError(
+                        f"broker refused the publish: {err} (is the topology applied?)"
+                    ) from err
+            time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _publisher(self, connection: Connection, timeout: float) -> ConfirmedPublisher:
+        # One confirm channel per pooled connection; a connection is used by one thread at a time.
+        publisher = self._publishers.get(connection)
+        if publisher is None:
+            publisher = ConfirmedPublisher(connection, confirm_timeout=timeout)
+            self._publishers[connection] = publisher
+        return publisher
+
+    def full_queue(self, event_type: str) -> str | None:
+        """Best effort: the reject-publish queue bound for ``event_type`` that is full."""
+        try:
+            candidates = self._reject_publish_queues(event_type)
+            with self.acquire() as connection:
+                channel = connection.channel()
+                try:
+                    for name, limit in candidates:
+                        # AMQP's count is exact; the management API's is up to 5 s old.
+                        _, messages, _ = channel.queue_declare(name, passive=True)
+                        if messages >= limit:
+                            return name
+                finally:
+                    channel.close()
+            return candidates[0][0] if len(candidates) == 1 else None
+        except Exception as err:  # the diagnosis must never hide the rejection itself
+            logger.debug("could not name the full queue: %r", err)
+            return None
+
+    def _reject_publish_queues(self, event_type: str) -> list[tuple[str, int]]:
+        """(queue, max length) of each reject-publish queue bound for ``event_type``."""
+        from kitty_tasks.management import ManagementClient
+
+        found: list[tuple[str, int]] = []
+        try:
+            client = ManagementClient.from_urls(self.management_url, self.url)
+            vhost = client.quote(vhost_of(self.url))
+            bindings = client.get(f"exchanges/{vhost}/{EVENTS_EXCHANGE}/bindings/source") or []
+            for binding in bindings:
+                if binding.get("destination_type") != "queue" or not topic_matches(
+                    binding["routing_key"], event_type
+                ):
+                    continue
+                queue = client.get(f"queues/{vhost}/{client.quote(binding['destination'])}")
+                arguments = queue.get("arguments") or {}
+                policy = queue.get("effective_policy_definition") or {}
+                overflow = arguments.get("x-overflow", policy.get("overflow"))
+                limit = arguments.get("x-max-length", policy.get("max-length"))
+                if overflow == "reject-publish" and limit is not None:
+                    found.append((str(binding["destination"]), int(limit)))
+        except Exception as err:
+            # Without the management API, the topology in code still knows the guide's queues.
+            logger.debug("management API unavailable (%r); using the topology", err)
+            for spec in TOPOLOGY.queues:
+                arguments = spec.arguments
+                if arguments.get("x-overflow") == "reject-publish" and any(
+                    b.exchange == EVENTS_EXCHANGE and topic_matches(b.routing_key, event_type)
+                    for b in spec.bindings
+                ):
+                    found.append((spec.name, int(arguments["x-max-length"])))
+        return sorted(set(found))
