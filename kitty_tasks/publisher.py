@@ -15,11 +15,10 @@ from amqp.serialization import dumps
 from kombu import Connection
 
 from kitty_tasks.errors import PublishRejected, PublishTimeout, Unroutable
+from kitty_tasks.settings import get_settings
 
 __all__ = ["ConfirmedPublisher", "OutgoingMessage", "PublishResult"]
 
-#: Seconds to wait for the broker's confirms when the caller gives no bound.
-DEFAULT_CONFIRM_TIMEOUT = 10.0
 #: Bytes of a batch's frames collected before they go to the socket in one write.
 WRITE_CHUNK = 64 * 1024
 
@@ -51,11 +50,16 @@ class PublishResult:
 
 
 class ConfirmedPublisher:
-    """Publishes on a dedicated confirm-mode channel of ``connection``; not thread-safe."""
+    """Publishes on a dedicated confirm-mode channel of ``connection``; not thread-safe.
 
-    def __init__(self, connection: Connection, *, confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT):
+    ``confirm_timeout`` bounds the wait for confirms; by default ``KITTY_PUBLISH_TIMEOUT``.
+    """
+
+    def __init__(self, connection: Connection, *, confirm_timeout: float | None = None):
         self.connection = connection
-        self.confirm_timeout = confirm_timeout
+        self.confirm_timeout = (
+            get_settings().publish_timeout if confirm_timeout is None else confirm_timeout
+        )
         self._channel: amqp.Channel | None = None
         self._next_tag = 1
         #: Delivery tags of the batch in flight whose confirm has not come yet.
