@@ -25,13 +25,11 @@ from kitty_tasks.metrics import (
     serve_metrics,
 )
 from kitty_tasks.settings import get_settings
+from kitty_tasks.task import DEAD_LETTERED
 
-__all__ = ["H_DEAD_LETTERED"]
+__all__: list[str] = []
 
 logger = logging.getLogger(__name__)
-
-#: Request attribute KittyTask sets once the message is safely in its DLQ.
-H_DEAD_LETTERED = "kitty_dead_lettered"
 
 LOG_NO_MULTIPROC = (
     "KITTY_METRICS_PORT is set but PROMETHEUS_MULTIPROC_DIR is not: a prefork worker's "
@@ -90,7 +88,7 @@ def _on_postrun(
     elif state == RETRY:
         outcome = "retried"
     elif state == FAILURE:
-        outcome = "dead_lettered" if task.request.get(H_DEAD_LETTERED) else "failed"
+        outcome = "dead_lettered" if task.request.get(DEAD_LETTERED) else "failed"
     else:
         return  # ignored or rejected: the message was handed elsewhere
     TASKS.labels(task=task.name, queue=queue, outcome=outcome).inc()

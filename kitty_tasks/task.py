@@ -35,13 +35,16 @@ from kitty_tasks.topology import (
     pick_bucket,
 )
 
-__all__ = ["KittyTask"]
+__all__ = ["DEAD_LETTERED", "KittyTask"]
 
 logger = logging.getLogger(__name__)
 
 LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %d, retrying in %.1fs via %s"
 LOG_COPY_FAILED = "task %s[%s]: copy not published (%s); rejecting it to its DLQ"
 LOG_DEAD = "task %s[%s] dead-lettered to %s after %d attempt(s): %s: %s"
+
+#: Request attribute set once the failed message is safely in its DLQ (read by the metrics).
+DEAD_LETTERED = "kitty_dead_lettered"
 
 
 class KittyTask(Task):  # type: ignore[misc]
@@ -165,7 +168,7 @@ class KittyTask(Task):  # type: ignore[misc]
         raise error
 
     def _on_task_error(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.request.get("kitty_dead_lettered"):
+        if self.request.get(DEAD_LETTERED):
             return  # already dead-lettered by retry(); Celery's wrapper re-raised it
         self._after_failure(exc, args, kwargs)
 
@@ -223,7 +226,7 @@ class KittyTask(Task):  # type: ignore[misc]
         )  # fmt: skip
         # The task metrics (kitty_tasks.signals) count this failure as dead_lettered,
         # and _on_task_error knows not to dead-letter it a second time.
-        request.kitty_dead_lettered = True
+        setattr(request, DEAD_LETTERED, True)
 
     def _publish_or_reject(
         self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
