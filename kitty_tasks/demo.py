@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from kitty_tasks.broker import vhost_of
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import BRAIN_COMMANDS, CAD_TASKS, RESEARCH_TASKS
 
@@ -27,11 +28,6 @@ class DemoError(RuntimeError):
     """A demo step could not show what it should; the message says what to check."""
 
 
-def _vhost(url: str) -> str:
-    path = urllib.parse.urlsplit(url).path
-    return urllib.parse.unquote(path[1:]) if len(path) > 1 else "/"
-
-
 def require_consumer(url: str, queue: str) -> None:
     """Fail fast, with the fix, when no worker consumes ``queue``."""
     from kombu import Connection
@@ -42,7 +38,7 @@ def require_consumer(url: str, queue: str) -> None:
         _, _, consumers = connection.channel().queue_declare(queue=queue, passive=True)
     if not consumers:
         raise DemoError(
-            f"no worker consumes {queue!r} on vhost {_vhost(url)!r}: "
+            f"no worker consumes {queue!r} on vhost {vhost_of(url)!r}: "
             "start the platform with `make run` in another shell"
         )
 

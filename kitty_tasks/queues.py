@@ -11,7 +11,14 @@ import amqp
 from kombu import Connection
 
 from kitty_tasks.errors import KittyError
-from kitty_tasks.topology import DELAY_PREFIX, DLQ_SUFFIX, DLX_QUEUE, EVENT_QUEUES, TASK_QUEUES
+from kitty_tasks.topology import (
+    DELAY_PREFIX,
+    DLQ_SUFFIX,
+    DLX_QUEUE,
+    EVENT_QUEUES,
+    TASK_QUEUES,
+    dlq_name,
+)
 
 __all__ = [
     "BrokerUnavailable",
@@ -100,7 +107,7 @@ def is_dead_letter_queue(name: str) -> bool:
 def resolve_dlq(connection: Connection, name: str) -> str:
     """The dead-letter queue ``name`` means: itself, or ``<name>.dlq`` for a work queue."""
     if not is_dead_letter_queue(name):
-        candidate = f"{name}{DLQ_SUFFIX}"
+        candidate = dlq_name(name)
         try:
             queue_stats(connection, candidate)
         except QueueNotFound as err:
