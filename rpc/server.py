@@ -130,6 +130,7 @@ class RPCServer:
         self._stopped = threading.Event()
         self._stopped.set()
         self._stop_timeout = DEFAULT_STOP_TIMEOUT
+        self._consumer_tag: str | None = None
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -257,7 +258,9 @@ class RPCServer:
         if channel is None:
             raise NotConnected("the server lost its connection before consuming")
         channel.basic_qos(0, self.prefetch, False)
-        channel.basic_consume(self.service, no_ack=False, callback=self._on_request)
+        self._consumer_tag = channel.basic_consume(
+            self.service, no_ack=False, callback=self._on_request
+        )
 
     def _setup(self, channel: amqp.Channel) -> None:
         self._declare(channel)
@@ -272,10 +275,11 @@ class RPCServer:
         self._work.put(_Delivery(self._link.generation, message))
 
     def _shutdown(self) -> None:
-        channel = self._link.channel
-        if channel is not None:
+        channel, tag = self._link.channel, self._consumer_tag
+        if channel is not None and tag is not None:
+            # New requests go to other servers while the running handlers finish.
             try:
-                channel.basic_cancel(channel.consumer_tags[0] if channel.consumer_tags else "")
+                channel.basic_cancel(tag)
             except Exception as err:
                 logger.debug("%s: basic.cancel failed: %s", self.service, err)
         for _ in self._workers:

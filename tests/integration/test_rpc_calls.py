@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from kitty_tasks.metrics import RPC_LATENCY
 from kitty_tasks.topology import dlq_name
 from rpc import NoRoute, RemoteError, RPCClient, RPCServer, RPCTimeout
+from tests.helpers import queue_counts, wait_for
 from tests.integration.rpc_support import service_name, serving
 
 pytestmark = pytest.mark.rabbitmq
@@ -315,3 +316,31 @@ def test_a_request_prefetched_past_its_deadline_is_skipped(
         # Then it is dropped unexecuted, and the next request runs
         assert client.call(service, {"n": 2}, timeout=5, method="echo") == 2
     assert echoed == [2]
+
+
+def test_stop_cancels_the_consumer_while_a_handler_finishes(amqp_url: str) -> None:
+    # Given a server in the middle of a request
+    service = service_name("stopping")
+    server = RPCServer(amqp_url, service, concurrency=1)
+    in_hand, release = threading.Event(), threading.Event()
+
+    def slow(request: dict[str, Any]) -> str:
+        in_hand.set()
+        release.wait(10)
+        return "done"
+
+    server.register_handler(slow)
+    with serving(server), RPCClient(amqp_url) as client:
+        call = client.call_async(service, {}, timeout=10)
+        assert in_hand.wait(5)
+        # When stop() is called while the handler still runs
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        try:
+            # Then the queue loses its consumer at once: new requests wait for another server
+            wait_for(lambda: queue_counts(amqp_url, service)[1] == 0, 5, what="the cancel")
+        finally:
+            release.set()
+            stopper.join(10)
+        # and the request in hand is still answered
+        assert call.result(5) == "done"
