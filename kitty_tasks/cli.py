@@ -11,9 +11,10 @@ from kombu import Connection
 
 from kitty_tasks.broker import apply_topology, compare_topology, vhost_of
 from kitty_tasks.cli_dlq import dlq
+from kitty_tasks.cli_format import management_client
 from kitty_tasks.cli_ops import health, metrics, tasks
 from kitty_tasks.cli_wire import events, rpc
-from kitty_tasks.management import ManagementClient, ManagementError
+from kitty_tasks.management import ManagementError
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import TOPOLOGY, QueueType, build_topology, definitions_json
 
@@ -46,11 +47,6 @@ main.add_command(tasks)
 main.add_command(metrics)
 main.add_command(events)
 main.add_command(rpc)
-
-
-def management(ctx: click.Context) -> ManagementClient:
-    """Management API client for the CLI's broker."""
-    return ManagementClient.from_urls(ctx.obj["management_url"], ctx.obj["url"])
 
 
 @main.group()
@@ -112,7 +108,7 @@ def topology_verify(ctx: click.Context, vhost: str | None, as_json: bool) -> Non
     """Compare the live broker with the code; exit 1 and list the differences if any."""
     vhost = vhost or vhost_of(ctx.obj["url"])
     try:
-        differences = compare_topology(management(ctx), vhost, TOPOLOGY)
+        differences = compare_topology(management_client(ctx), vhost, TOPOLOGY)
     except ManagementError as err:
         raise click.ClickException(str(err)) from err
     if as_json:

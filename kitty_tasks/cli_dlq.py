@@ -12,10 +12,10 @@ import click
 from kombu import Connection
 
 from kitty_tasks.broker import vhost_of
-from kitty_tasks.cli_format import echo_json, format_age, table, truncate
+from kitty_tasks.cli_format import echo_json, format_age, management_client, table, truncate
 from kitty_tasks.dlq import DeadLetter, group_by_error
 from kitty_tasks.errors import KittyError
-from kitty_tasks.management import ManagementClient, ManagementError
+from kitty_tasks.management import ManagementError
 from kitty_tasks.queues import is_dead_letter_queue, open_connection, queue_stats, resolve_dlq
 from kitty_tasks.replay import ReplayReport, list_dlqs, peek, purge, replay
 from kitty_tasks.topology import TOPOLOGY
@@ -44,9 +44,8 @@ def _dlq_connection(ctx: click.Context, queue: str) -> Iterator[tuple[Connection
 
 
 def _queue_names(ctx: click.Context) -> list[str]:
-    client = ManagementClient.from_urls(ctx.obj["management_url"], ctx.obj["url"])
     try:
-        return [str(q["name"]) for q in client.queues(vhost_of(ctx.obj["url"]))]
+        return [str(q["name"]) for q in management_client(ctx).queues(vhost_of(ctx.obj["url"]))]
     except ManagementError as err:
         # The topology's DLQs can still be read over AMQP; subscriber DLQs cannot be found.
         click.echo(f"warning: {err}; listing the topology's DLQs only", err=True)

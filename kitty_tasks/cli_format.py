@@ -1,4 +1,4 @@
-"""Output helpers of the CLI: aligned tables for people, JSON for scripts, readable ages."""
+"""Helpers the CLI modules share: JSON options in; tables, JSON and readable ages out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,25 @@ from typing import Any
 
 import click
 
-__all__ = ["echo_json", "format_age", "table", "truncate"]
+from kitty_tasks.management import ManagementClient
+
+__all__ = ["echo_json", "format_age", "json_object", "management_client", "table", "truncate"]
+
+
+def json_object(text: str, option: str) -> dict[str, Any]:
+    """The JSON object given to ``option``; a usage error (exit 2) when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise click.BadParameter(f"not JSON: {err}", param_hint=option) from err
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value
+
+
+def management_client(ctx: click.Context) -> ManagementClient:
+    """Management API client for the command's broker (same user and password)."""
+    return ManagementClient.from_urls(ctx.obj["management_url"], ctx.obj["url"])
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -13,10 +13,9 @@ from kombu.exceptions import OperationalError
 
 from kitty_tasks.broker import vhost_of
 from kitty_tasks.cli_dlq import operator_errors
-from kitty_tasks.cli_format import echo_json, table
+from kitty_tasks.cli_format import echo_json, json_object, management_client, table
 from kitty_tasks.errors import KittyError
 from kitty_tasks.health import HealthReport, check_health
-from kitty_tasks.management import ManagementClient
 from kitty_tasks.queues import open_connection, redact
 from kitty_tasks.topology import MAX_PRIORITY
 
@@ -24,10 +23,6 @@ __all__ = ["health", "metrics", "tasks"]
 
 #: Port of ``metrics serve`` unless told otherwise (next to node_exporter's 9100 range).
 DEFAULT_METRICS_PORT = 9808
-
-
-def _management(ctx: click.Context) -> ManagementClient:
-    return ManagementClient.from_urls(ctx.obj["management_url"], ctx.obj["url"])
 
 
 def _size(value: Any) -> str:
@@ -69,7 +64,7 @@ def health(ctx: click.Context, as_json: bool, fail_on_dead_letters: bool) -> Non
     try:
         with open_connection(url) as connection:
             report = check_health(
-                connection, _management(ctx), vhost,
+                connection, management_client(ctx), vhost,
                 broker=redact(url), dead_letters_fail=fail_on_dead_letters,
             )  # fmt: skip
     except KittyError as err:
@@ -90,16 +85,6 @@ def health(ctx: click.Context, as_json: bool, fail_on_dead_letters: bool) -> Non
 @click.group()
 def tasks() -> None:
     """Submit the platform's built-in tasks."""
-
-
-def _kwargs(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise click.BadParameter(f"not JSON: {err}", param_hint="--kwargs") from err
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
-    return value
 
 
 def _submit(
@@ -157,7 +142,7 @@ def tasks_submit(
     """Publish TASK_NAME (e.g. research.paper) with JSON keyword arguments."""
     from kitty_tasks.application import app
 
-    kwargs = _kwargs(kwargs_text)
+    kwargs = json_object(kwargs_text, "--kwargs")
     url = ctx.obj["url"]
     app.loader.import_default_modules()
     known = sorted(name for name in app.tasks if not name.startswith("celery."))
@@ -204,7 +189,7 @@ def metrics_serve(ctx: click.Context, port: int, addr: str, vhost: str | None) -
 
     url = ctx.obj["url"]
     vhost = vhost or vhost_of(url)
-    management = _management(ctx)
+    management = management_client(ctx)
     with operator_errors():
         management.queues(vhost)  # fail at start, not at the first scrape
         with open_connection(url):

@@ -12,7 +12,7 @@ import click
 from kombu import Exchange, Queue
 
 from kitty_tasks.cli_dlq import operator_errors
-from kitty_tasks.cli_format import echo_json
+from kitty_tasks.cli_format import echo_json, json_object
 from kitty_tasks.queues import open_connection
 from kitty_tasks.topology import EVENTS_EXCHANGE
 
@@ -20,16 +20,6 @@ __all__ = ["events", "rpc"]
 
 #: Source of events published from the command line.
 CLI_SOURCE = "kitty-cli"
-
-
-def _json_object(text: str, option: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as err:
-        raise click.BadParameter(f"not JSON: {err}", param_hint=option) from err
-    if not isinstance(value, dict):
-        raise click.BadParameter("must be a JSON object", param_hint=option)
-    return value
 
 
 @click.group()
@@ -58,7 +48,7 @@ def events_publish(
     """Publish EVENT_TYPE (service.entity.action) and wait for the broker's confirm."""
     from events import EventBus
 
-    data = _json_object(data_text, "--data")
+    data = json_object(data_text, "--data")
     with operator_errors(), EventBus(ctx.obj["url"], source=source) as bus:
         event = bus.publish(
             event_type, data, correlation_id, allow_unroutable=allow_unroutable or None
@@ -158,7 +148,7 @@ def rpc_call(
     """Call SERVICE with a JSON payload and print its result (exit 1 on a remote error)."""
     from rpc import RPCClient
 
-    payload = _json_object(payload_text, "--payload")
+    payload = json_object(payload_text, "--payload")
     started = time.monotonic()
     with operator_errors(), RPCClient(ctx.obj["url"]) as client:
         result = client.call(service, payload, timeout=timeout, method=method)
