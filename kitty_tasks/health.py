@@ -71,6 +71,7 @@ class HealthReport:
 
 
 def node_alarms(nodes: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each node's memory and disk figures, and the alarms (or a stopped node) to report."""
     summary, alarms = [], []
     for node in nodes:
         name = str(node.get("name"))

@@ -7,7 +7,7 @@ import pytest
 from kitty_tasks.brain import BrainCommand, plan_jobs
 from kitty_tasks.cad import CadRequest, cad_generate
 from kitty_tasks.corpus import Document
-from kitty_tasks.errors import InvalidInput
+from kitty_tasks.errors import InvalidInput, Permanent
 from kitty_tasks.research import rank_documents, research_paper
 
 DOCS = [
@@ -82,4 +82,6 @@ def test_plan_jobs_refuses_a_job_no_printer_can_take():
 
 
 def test_invalid_input_is_permanent():
+    # KittyTask dead-letters Permanent errors at once; callers may still catch ValueError.
+    assert issubclass(InvalidInput, Permanent)
     assert issubclass(InvalidInput, ValueError)

@@ -60,7 +60,7 @@ def test_passwords_never_reach_the_screen() -> None:
     assert redact("amqp://localhost//") == "amqp://localhost//"
 
 
-def testnode_alarms_become_problems() -> None:
+def test_node_alarms_become_problems() -> None:
     nodes = [{"name": "rabbit@a", "running": True, "mem_alarm": True, "disk_free_alarm": False}]
 
     summary, alarms = node_alarms(nodes)
