@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -284,8 +285,10 @@ class RPCServer:
                 logger.debug("%s: basic.cancel failed: %s", self.service, err)
         for _ in self._workers:
             self._work.put(None)
+        # One deadline for all: stop()'s timeout bounds the whole wait, not each thread's.
+        deadline = time.monotonic() + self._stop_timeout
         for worker in self._workers:
-            worker.join(self._stop_timeout)
+            worker.join(max(0.0, deadline - time.monotonic()))
         self._workers = []
         # Requests prefetched but never started are not acked: closing requeues them.
         self._link.close(clean=True)

@@ -344,3 +344,32 @@ def test_stop_cancels_the_consumer_while_a_handler_finishes(amqp_url: str) -> No
             stopper.join(10)
         # and the request in hand is still answered
         assert call.result(5) == "done"
+
+
+def test_stop_waits_for_hung_handlers_at_most_its_timeout_in_all(amqp_url: str) -> None:
+    # Given a server whose four handler threads are all stuck
+    service = service_name("hung")
+    server = RPCServer(amqp_url, service, concurrency=4)
+    stuck = threading.Semaphore(0)
+    release = threading.Event()
+
+    def hang(request: dict[str, Any]) -> None:
+        stuck.release()
+        release.wait(30)
+
+    server.register_handler(hang)
+    try:
+        with serving(server), RPCClient(amqp_url) as client:
+            for _ in range(4):
+                client.call_async(service, {}, timeout=30)
+            for _ in range(4):
+                assert stuck.acquire(timeout=5)
+            # When it is stopped with a 1 s timeout
+            started = time.monotonic()
+            server.stop(timeout=1)
+            elapsed = time.monotonic() - started
+            # Then it gave up on the handlers after 1 s, not 1 s for each of them
+            assert not server.running
+            assert 1 <= elapsed < 2.5
+    finally:
+        release.set()
