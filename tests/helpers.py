@@ -61,7 +61,9 @@ class CeleryWorker:
         self.url = url
         self.queues = list(queues)
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
-        self.log = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
+        fd, log = tempfile.mkstemp(prefix="celery-worker-", suffix=".log")
+        os.close(fd)  # start() reopens it for the worker's output
+        self.log = Path(log)
         self.args = [
             sys.executable, "-m", "celery", "-A", "kitty_tasks", "worker",
             "-Q", ",".join(self.queues), "-c", str(concurrency), "-P", pool, "-n", self.name,
