@@ -5,32 +5,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.parse
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from kombu import Connection
 
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.management import ManagementClient
-from tests.conftest import url_for_vhost
 from tests.helpers import ROOT, wait_for
+from tests.integration.ops_support import free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
 WORKERS = ("research", "cad", "brain")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def descendants(root: int) -> set[int]:
@@ -78,23 +66,11 @@ def session_members(sessions: set[int]) -> set[int]:
 
 
 @pytest.fixture
-def platform_url(amqp_url: str, management_client: ManagementClient) -> Iterator[str]:
-    """A vhost of this test's own: its workers must not eat other tests' leftover messages."""
-    vhost = f"kitty-run-{uuid.uuid4().hex[:8]}"
-    user = urllib.parse.unquote(urllib.parse.urlsplit(amqp_url).username or "guest")
-    management_client.create_vhost(vhost, user)
-    try:
-        url = url_for_vhost(vhost)
-        with Connection(url) as connection:
-            apply_topology(connection)
-        yield url
-    finally:
-        management_client.delete_vhost(vhost)
+def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
+    """scripts/run.sh (what `make run` runs after broker check and topology) on free ports.
 
-
-@pytest.fixture
-def platform(platform_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
-    """scripts/run.sh (what `make run` runs after broker check and topology) on free ports."""
+    In a vhost of its own, so its workers do not eat other tests' leftover messages.
+    """
     ports = {
         "FLOWER_PORT": free_port(),
         "KITTY_EXPORTER_PORT": free_port(),
@@ -105,7 +81,7 @@ def platform(platform_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_", "KITTY_"))}
     env.update({name: str(port) for name, port in ports.items()})
     env.update(
-        RABBITMQ_URL=platform_url,
+        RABBITMQ_URL=ops_url,
         KITTY_ENV_FILE=str(tmp_path / "no.env"),  # a developer's .env must not redirect the test
         KITTY_FLOWER_CREDENTIALS_FILE=str(tmp_path / "flower-credentials"),
     )
@@ -124,7 +100,7 @@ def platform(platform_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         "ports": ports,
         "log": log,
         "tmp": tmp_path,
-        "url": platform_url,
+        "url": ops_url,
     }
     try:
         yield info
@@ -252,11 +228,11 @@ def _get_ok(url: str) -> bool:
         return False
 
 
-def test_demo_without_the_platform_says_how_to_start_it(platform_url: str) -> None:
+def test_demo_without_the_platform_says_how_to_start_it(ops_url: str) -> None:
     # Given a broker with the topology but no workers running
     # When `make demo` runs
     demo = subprocess.run(
-        [sys.executable, "-m", "kitty_tasks.demo", "--url", platform_url, "--timeout", "10"],
+        [sys.executable, "-m", "kitty_tasks.demo", "--url", ops_url, "--timeout", "10"],
         cwd=ROOT,
         capture_output=True,
         text=True,
