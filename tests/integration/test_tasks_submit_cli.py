@@ -6,6 +6,7 @@ import json
 import subprocess
 
 import pytest
+from kombu import Connection
 
 from kitty_tasks.application import app
 from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, queue_counts
@@ -21,6 +22,10 @@ def test_submit_publishes_with_priority_and_waits_for_the_result(ops_url: str) -
     assert queued.exit_code == 0, queued.output
     assert queued.stdout.startswith("submitted cad.generate as ")
     assert queue_counts(ops_url, "cad.tasks")[0] == 1
+    with Connection(ops_url) as connection:
+        queued_message = connection.default_channel.basic_get("cad.tasks", no_ack=True)
+    assert queued_message.headers["task"] == "cad.generate"
+    assert queued_message.properties["priority"] == 9
 
     # When a research worker runs and a research task is submitted with --wait
     before = app.conf.broker_url
