@@ -130,7 +130,7 @@ class RPCClient:
         self._stopping.set()
         self._link.wake()
         reader.join()
-        self._link.close(clean=True)
+        self._link.dispose()
         self._fail_all(NotConnected(LOG_DISCONNECTED))
 
     close = disconnect

@@ -69,11 +69,11 @@ class Link:
         self.channel: amqp.Channel | None = None
         self._kombu: Connection | None = None
         self._raw: amqp.Connection | None = None
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        #: What ``serve`` waits on: the broker socket and a wake-up pair; from ``open``
+        #: until ``dispose``.
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._sock: socket.socket | None = None
         self._next_tick = 0.0
 
@@ -105,7 +105,7 @@ class Link:
         self._batcher = batcher
         self._sock = raw.transport.sock
         _buffer_reads(raw.transport)
-        self._selector.register(self._sock, selectors.EVENT_READ)
+        self._selector_for_serve().register(self._sock, selectors.EVENT_READ)
         self._next_tick = time.monotonic()
         self.generation += 1
         return channel
@@ -148,9 +148,9 @@ class Link:
     def close(self, *, clean: bool = True) -> None:
         """Close the connection: with the AMQP handshake when ``clean``, else drop the socket."""
         self.ready.clear()
-        if self._sock is not None:
+        if self._sock is not None and self._selector is not None:
             _quietly(self._selector.unregister, self._sock)
-            self._sock = None
+        self._sock = None
         raw, connection = self._raw, self._kombu
         self._raw = self._kombu = None
         self.channel = None
@@ -161,16 +161,30 @@ class Link:
 
     def wake(self) -> None:
         """Interrupt ``serve``'s wait so that it looks at its stop flag and timers again."""
-        # A full pipe means a wake-up is pending already.
+        wake_w = self._wake_w
+        if wake_w is None:
+            return  # nothing serves
+        # A full pipe means a wake-up is pending already; a closed one, that serving ended.
         with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+            wake_w.send(b"\0")
 
     def dispose(self) -> None:
-        """Release the wake-up socket pair; the link cannot be used afterwards."""
-        self.close(clean=False)
-        _quietly(self._selector.close)
-        _quietly(self._wake_r.close)
-        _quietly(self._wake_w.close)
+        """Close the connection and release the wake-up socket pair; ``open`` makes a new one."""
+        self.close(clean=True)
+        selector, wake_r, wake_w = self._selector, self._wake_r, self._wake_w
+        self._selector = self._wake_r = self._wake_w = None
+        for resource in (selector, wake_r, wake_w):
+            if resource is not None:
+                _quietly(resource.close)
+
+    def _selector_for_serve(self) -> selectors.BaseSelector:
+        if self._selector is None:
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ)
+        return self._selector
 
     def serve(
         self,
@@ -224,9 +238,12 @@ class Link:
         if pending is not None and pending():
             return True
         readable = False
-        for key, _ in self._selector.select(timeout):
-            if key.fileobj is self._wake_r:
-                _quietly(self._wake_r.recv, 4096)
+        selector, wake_r = self._selector, self._wake_r
+        assert selector is not None  # made by open()
+        assert wake_r is not None
+        for key, _ in selector.select(timeout):
+            if key.fileobj is wake_r:
+                _quietly(wake_r.recv, 4096)
             else:
                 readable = True
         return readable

@@ -215,7 +215,7 @@ class RPCServer:
         if timeout is not None:
             self._stop_timeout = timeout
         if self._stopped.is_set():
-            self._link.close(clean=True)  # connected but never started
+            self._link.dispose()  # connected but never started
             return
         self._stopping.set()
         self._link.wake()
@@ -291,7 +291,7 @@ class RPCServer:
             worker.join(max(0.0, deadline - time.monotonic()))
         self._workers = []
         # Requests prefetched but never started are not acked: closing requeues them.
-        self._link.close(clean=True)
+        self._link.dispose()
         while not self._work.empty():
             self._work.get_nowait()
         self._stopped.set()

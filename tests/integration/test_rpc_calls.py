@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -373,3 +375,19 @@ def test_stop_waits_for_hung_handlers_at_most_its_timeout_in_all(amqp_url: str) 
             assert 1 <= elapsed < 2.5
     finally:
         release.set()
+
+
+def test_a_disconnected_client_and_a_stopped_server_leave_no_socket_open(amqp_url: str) -> None:
+    # Given a server and a client that served a call
+    service = service_name("sockets")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        server = RPCServer(amqp_url, service)
+        server.register_handler(lambda request: request)
+        with serving(server), RPCClient(amqp_url) as client:
+            assert client.call(service, {"n": 1}, timeout=5) == {"n": 1}
+        # When both are closed and then dropped
+        del server, client
+        gc.collect()
+    # Then nothing was left for the garbage collector to close
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
