@@ -266,10 +266,11 @@ def test_a_stale_request_is_not_executed_when_a_server_starts_later(amqp_url: st
     declaring.stop()
     executed: list[dict[str, Any]] = []
     with RPCClient(amqp_url) as client:
-        # When a call with a 1 s timeout waits in the queue, and a server starts 3 s later
+        # When a call with a 1 s timeout waits in the queue, and a server starts only after
+        # the broker expired it
         with pytest.raises(RPCTimeout):
             client.call(service, {"stale": True}, timeout=1)
-        time.sleep(2)
+        wait_for(lambda: queue_counts(amqp_url, dlq_name(service))[0] == 1, 10, what="expiry")
         server = RPCServer(amqp_url, service)
 
         def record(request: dict[str, Any]) -> str:
@@ -297,8 +298,10 @@ def test_a_request_prefetched_past_its_deadline_is_skipped(
     service = service_name("prefetched")
     server = RPCServer(amqp_url, service, concurrency=1, prefetch=2)
     echoed: list[int] = []
+    slow_started = threading.Event()
 
     def slow(request: dict[str, Any]) -> str:
+        slow_started.set()
         time.sleep(0.8)
         return "slow done"
 
@@ -310,7 +313,7 @@ def test_a_request_prefetched_past_its_deadline_is_skipped(
     server.add_method("echo", echo)
     with serving(server):
         slow_call = client.call_async(service, {}, timeout=5, method="slow")
-        time.sleep(0.1)  # let the slow request reach the handler first
+        assert slow_started.wait(5)
         # When the waiting request's deadline passes before a thread is free
         with pytest.raises(RPCTimeout):
             client.call(service, {"n": 1}, timeout=0.3, method="echo")
