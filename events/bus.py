@@ -506,13 +506,9 @@ class EventBus:
     # -- processing a delivery (runs on a subscription's thread) ------------------------------
 
     def _process(
-        self,
-        subscription: Subscription,
-        message: Any,
-        ack: Callable[[Any], None] | None = None,
+        self, subscription: Subscription, message: Any, acknowledge: Callable[[Any], None]
     ) -> None:
-        """Decode, validate and handle one delivery, then ``ack(message)`` (default: at once)."""
-        acknowledge = ack or _ack_now
+        """Decode, validate and handle one delivery, then ``acknowledge(message)``."""
         headers = dict(message.headers or {})
         attempt = _int(headers.get(H_ATTEMPT), 1)
         queue = subscription.queue
@@ -584,10 +580,6 @@ def _consumed_counter(event_type: str, queue: str) -> Any:
         if len(_CONSUMED) < 10_000:
             _CONSUMED[(event_type, queue)] = counter
     return counter
-
-
-def _ack_now(message: Any) -> None:
-    message.ack()
 
 
 def _int(value: object, default: int) -> int:

@@ -160,7 +160,7 @@ class SubscriptionConsumer(ConsumerMixin):  # type: ignore[misc]
             self._acks = acks
             try:
                 raw = conn.connection
-                if isinstance(raw, amqp.Connection) and hasattr(raw.transport, "_quick_recv"):
+                if isinstance(raw, amqp.Connection) and _readable_by_hand(raw.transport):
                     yield from self._read_loop(conn, raw, acks, safety_interval)
                 else:
                     for _ in super().consume(limit, timeout, safety_interval, **kwargs):
@@ -249,6 +249,11 @@ class AckBatch:
         self.count = 0
         if tag is not None:
             self.channel.basic_ack(tag, multiple=True)
+
+
+def _readable_by_hand(transport: Any) -> bool:
+    """True if the transport has the private py-amqp attributes ``_read_loop`` relies on."""
+    return hasattr(transport, "_quick_recv") and hasattr(transport, "_read_buffer")
 
 
 def _buffer_reads(transport: Any) -> None:
