@@ -462,13 +462,15 @@ class EventBus:
         if not block:
             return
         try:
-            while any(t.is_alive() for t in self._threads):
-                # Short joins keep the main thread free to run signal handlers.
-                for thread in self._threads:
-                    thread.join(0.2)
+            # Wait on the stop event, never in Thread.join: on Python 3.11 a Ctrl-C that
+            # lands inside join() can mark a still-running thread as stopped (the
+            # bpo-45274 fix), after which stop() would not wait for its event in hand.
+            while not self._stopping.wait(0.2):
+                if not any(t.is_alive() for t in self._threads):
+                    return
         except KeyboardInterrupt:
             logger.info("interrupted; finishing the events in hand")
-            self.stop()
+        self.stop()
 
     def _consumer(self, connection: Connection, subscription: Subscription) -> SubscriptionConsumer:
         topologies = (_ladder_topology(), subscription.topology) if self.declare else ()
