@@ -7,10 +7,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from kitty_tasks.management import ManagementClient
 from rpc import RPCServer
-from tests.conftest import drop_connections
 
 
 def service_name(label: str) -> str:
@@ -33,17 +33,30 @@ def serving(server: RPCServer, *, ready_timeout: float = 10.0) -> Iterator[RPCSe
 
 
 def drop_when_visible(
-    client: ManagementClient, vhost: str, *, at_least: int, timeout: float = 20.0
+    client: ManagementClient,
+    vhost: str,
+    *,
+    at_least: int,
+    opened_after: float,
+    timeout: float = 20.0,
 ) -> int:
-    """Drop ``vhost``'s connections once the management API lists ``at_least`` of them.
+    """Drop ``vhost``'s connections opened after ``opened_after`` once ``at_least`` are listed.
 
     The management API learns of new connections with its statistics interval (about 5 s),
-    so a drop right after connecting would find nothing to close.
+    so a drop right after connecting would find nothing to close; and it still lists a
+    connection for a while after it closed, so older ones (the vhost's own setup) are
+    left out by their ``connected_at``.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        listed = [c for c in client.get("connections") or [] if c.get("vhost") == vhost]
+        listed = [
+            c
+            for c in client.get("connections") or []
+            if c.get("vhost") == vhost and c.get("connected_at", 0) >= opened_after * 1000
+        ]
         if len(listed) >= at_least:
-            return drop_connections(client, vhost)
+            for connection in listed:
+                client.request("DELETE", f"connections/{quote(connection['name'], safe='')}")
+            return len(listed)
         time.sleep(0.2)
     raise AssertionError(f"the management API never listed {at_least} connections of {vhost}")
