@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import amqp
+from kombu import Connection
 from pydantic import BaseModel, ValidationError
 
 from kitty_tasks.deadletter import failure_headers
 from kitty_tasks.metrics import RPC_REQUESTS, serve_metrics
+from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage
 from kitty_tasks.settings import get_settings
 from kitty_tasks.topology import (
     DLX_EXCHANGE,
@@ -54,6 +56,7 @@ LOG_EXPIRED = "%s: skipping a request whose deadline passed (correlation id %s)"
 LOG_DEAD_LETTERED = "%s: request without reply_to failed (%s); dead-lettered to %s"
 LOG_ACK_FAILED = "%s: could not ack a request (%s); the broker will redeliver it"
 LOG_REPLY_FAILED = "%s: could not send a reply (%s)"
+LOG_DEAD_LETTER_FAILED = "%s: dead-letter copy not confirmed (%s); rejecting the request to its DLQ"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -132,6 +135,8 @@ class RPCServer:
         self._stopped.set()
         self._stop_timeout = DEFAULT_STOP_TIMEOUT
         self._consumer_tag: str | None = None
+        self._dead_letter_lock = threading.Lock()
+        self._dead_letters: ConfirmedPublisher | None = None
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -292,6 +297,11 @@ class RPCServer:
         self._workers = []
         # Requests prefetched but never started are not acked: closing requeues them.
         self._link.dispose()
+        with self._dead_letter_lock:
+            if self._dead_letters is not None:
+                self._dead_letters.close()
+                self._dead_letters.connection.release()
+                self._dead_letters = None
         while not self._work.empty():
             self._work.get_nowait()
         self._stopped.set()
@@ -370,25 +380,43 @@ class RPCServer:
             logger.warning(LOG_ACK_FAILED, self.service, err)
 
     def _dead_letter(self, delivery: _Delivery, err: Exception) -> None:
-        """Publish the request to ``dlx`` (so into ``<service>.dlq``) with why, then ack it."""
+        """Publish a confirmed copy to ``dlx`` (so into ``<service>.dlq``) with why, then ack.
+
+        Without a confirmed copy the original is rejected instead, so that the broker
+        dead-letters it (with ``x-death``): the request is never acked away uncopied.
+        """
         message = delivery.message
         headers = dict(message.properties.get("application_headers") or {})
         headers.update(failure_headers(err, attempts=1, first_failure=None, queue=self.service))
-        copy = amqp.Message(
-            message.body,
-            content_type=message.properties.get("content_type", CONTENT_TYPE),
-            correlation_id=message.properties.get("correlation_id"),
-            delivery_mode=2,
-            application_headers=headers,
-        )
+        properties = {
+            "content_type": message.properties.get("content_type", CONTENT_TYPE),
+            "correlation_id": message.properties.get("correlation_id"),
+            "application_headers": headers,
+        }
+        copy = OutgoingMessage(message.body, DLX_EXCHANGE, self.service, properties)
         try:
-            self._link.publish(copy, DLX_EXCHANGE, self.service)
+            with self._dead_letter_lock:
+                # The link's channel has no confirms (replies need none), so dead letters
+                # go through a confirming publisher on a connection of their own.
+                if self._dead_letters is None:
+                    self._dead_letters = ConfirmedPublisher(Connection(self.url))
+                self._dead_letters.publish(copy)
         except Exception as publish_err:
-            logger.warning(LOG_REPLY_FAILED, self.service, publish_err)
+            logger.warning(LOG_DEAD_LETTER_FAILED, self.service, publish_err)
+            self._reject(delivery)
             return
         logger.warning(LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq_name(self.service))
         self._count(headers.get(H_METHOD), "dead_lettered")
         self._ack(delivery)
+
+    def _reject(self, delivery: _Delivery) -> None:
+        channel = self._link.channel
+        if channel is None or delivery.generation != self._link.generation:
+            return  # its channel is gone, so the broker has requeued it already
+        try:
+            channel.basic_reject(delivery.message.delivery_tag, requeue=False)
+        except Exception as err:
+            logger.warning(LOG_ACK_FAILED, self.service, err)
 
     def _count(self, method: object, outcome: str) -> None:
         """Count a handled request; unknown method names share one label, to bound the series."""

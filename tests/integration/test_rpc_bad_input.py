@@ -12,6 +12,7 @@ from kombu import Connection
 
 from kitty_tasks.topology import H_ERROR_TYPE, H_ORIGINAL_QUEUE, RPC_EXCHANGE, dlq_name
 from rpc import REPLY_TO, RPCClient, RPCServer
+from tests.helpers import wait_for
 from tests.integration.rpc_support import service_name, serving
 
 pytestmark = pytest.mark.rabbitmq
@@ -66,11 +67,14 @@ def test_a_malformed_body_without_reply_to_is_dead_lettered_with_why(
     with Connection(amqp_url) as connection:
         channel = connection.default_channel
         channel.basic_publish(amqp.Message(b"garbage"), RPC_EXCHANGE, echo_service)
-        # The server keeps serving, so once a later call is answered the bad one was handled
+        # The server keeps serving, and the bad request reaches the DLQ
         with RPCClient(amqp_url) as client:
             assert client.call(echo_service, {"n": 1}, timeout=5) == {"n": 1}
-        dead = channel.basic_get(dlq_name(echo_service), no_ack=True)
-    assert dead is not None
+        dead = wait_for(
+            lambda: channel.basic_get(dlq_name(echo_service), no_ack=True),
+            10,
+            what="the malformed request in the DLQ",
+        )
     assert dead.body == b"garbage"
     assert dead.headers[H_ERROR_TYPE] == "MalformedRequest"
     assert dead.headers[H_ORIGINAL_QUEUE] == echo_service
