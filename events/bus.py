@@ -39,6 +39,7 @@ from kitty_tasks.broker import apply_topology
 from kitty_tasks.metrics import EVENTS_CONSUMED, serve_metrics
 from kitty_tasks.publisher import OutgoingMessage
 from kitty_tasks.settings import Settings, get_settings
+from kitty_tasks.shutdown import stop_on_signals
 from kitty_tasks.topology import (
     DELAY_PREFIX,
     DLX_EXCHANGE,
@@ -461,16 +462,21 @@ class EventBus:
             serve_metrics(self.metrics_port)
         if not block:
             return
-        try:
-            # Wait on the stop event, never in Thread.join: on Python 3.11 a Ctrl-C that
-            # lands inside join() can mark a still-running thread as stopped (the
-            # bpo-45274 fix), after which stop() would not wait for its event in hand.
+        # Wait on the stop event, never in Thread.join: on Python 3.11 a Ctrl-C that lands
+        # inside join() can mark a still-running thread as stopped (the bpo-45274 fix),
+        # after which stop() would not wait for its event in hand.
+        with stop_on_signals(self._request_stop):
             while not self._stopping.wait(0.2):
                 if not any(t.is_alive() for t in self._threads):
                     return
-        except KeyboardInterrupt:
-            logger.info("interrupted; finishing the events in hand")
+        logger.info("stopping; finishing the events in hand")
         self.stop()
+
+    def _request_stop(self) -> None:
+        """Flag every consumer to stop after its event in hand; returns at once."""
+        self._stopping.set()
+        for consumer in list(self._consumers):
+            consumer.should_stop = True
 
     def _consumer(self, connection: Connection, subscription: Subscription) -> SubscriptionConsumer:
         topologies = (_ladder_topology(), subscription.topology) if self.declare else ()
@@ -497,9 +503,7 @@ class EventBus:
         Callable from another thread, a handler, or a signal handler; waits for the
         consumer threads unless called from one of them.
         """
-        self._stopping.set()
-        for consumer in list(self._consumers):
-            consumer.should_stop = True
+        self._request_stop()
         current = threading.current_thread()
         for thread in list(self._threads):
             if thread is not current and thread.is_alive():

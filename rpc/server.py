@@ -18,6 +18,7 @@ from kitty_tasks.deadletter import failure_headers
 from kitty_tasks.metrics import RPC_REQUESTS, serve_metrics
 from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage
 from kitty_tasks.settings import get_settings
+from kitty_tasks.shutdown import stop_on_signals
 from kitty_tasks.topology import (
     DLX_EXCHANGE,
     DLX_UNROUTED_EXCHANGE,
@@ -209,8 +210,9 @@ class RPCServer:
                 worker.start()
             if self.metrics_port is not None:
                 serve_metrics(self.metrics_port)
-            self._link.serve(self._stopping, setup=self._setup, on_lost=self._on_lost)
-        except KeyboardInterrupt:
+            with stop_on_signals(self._request_stop):
+                self._link.serve(self._stopping, setup=self._setup, on_lost=self._on_lost)
+        except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
             self._stopping.set()
         finally:
             self._shutdown()
@@ -222,10 +224,14 @@ class RPCServer:
         if self._stopped.is_set():
             self._link.dispose()  # connected but never started
             return
-        self._stopping.set()
-        self._link.wake()
+        self._request_stop()
         if threading.current_thread() not in self._workers:
             self._stopped.wait(self._stop_timeout + 5)
+
+    def _request_stop(self) -> None:
+        """Flag the stop and wake the serving loop; returns at once (safe in a signal handler)."""
+        self._stopping.set()
+        self._link.wake()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Wait until the server consumes its queue (after ``start`` or a reconnect)."""
