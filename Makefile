@@ -22,12 +22,13 @@ run: $(STAMP) topology
 	BIN=$(BIN) ./scripts/run.sh
 
 demo: $(STAMP)
-	$(BIN)/python -m kitty_tasks.demo
+	$(BIN)/python -m kitty_tasks.ops.demo
 
 test: $(STAMP) broker
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -40,7 +41,7 @@ reliability: $(STAMP) broker
 	$(BIN)/pytest tests/reliability
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,12 +1,12 @@
-"""Celery settings of the kitty_tasks app, read from the environment (see kitty_tasks.settings)."""
+"""Celery settings of the kitty_tasks app, read from the environment (kitty_tasks.core.settings)."""
 
 from __future__ import annotations
 
-from kitty_tasks.backend import result_backend_setting
-from kitty_tasks.routing import TASK_ROUTES
-from kitty_tasks.routing import task_queues as _task_queues
-from kitty_tasks.settings import get_settings
-from kitty_tasks.topology import BRAIN_COMMANDS, TASKS_EXCHANGE
+from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.topology import BRAIN_COMMANDS, TASKS_EXCHANGE
+from kitty_tasks.runtime.backend import result_backend_setting
+from kitty_tasks.runtime.routing import TASK_ROUTES
+from kitty_tasks.runtime.routing import task_queues as _task_queues
 
 _settings = get_settings()
 
@@ -52,7 +52,7 @@ task_default_exchange_type = "direct"
 task_default_routing_key = BRAIN_COMMANDS
 task_create_missing_queues = False
 
-worker_consumer = "kitty_tasks.worker:KittyConsumer"
+worker_consumer = "kitty_tasks.runtime.worker:KittyConsumer"
 # Task events off by default: each one is a confirmed publish (confirm_publish covers every
 # connection), and on the worker's event loop they took ~40% of the consumer's time, draining
 # at 0.12x Dramatiq (benchmarks/RESULTS.md). Flower still shows tasks: it broadcasts

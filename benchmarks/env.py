@@ -13,9 +13,9 @@ from pathlib import Path
 import amqp
 from kombu import Connection
 
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.management import ManagementClient
-from kitty_tasks.settings import DEFAULT_RABBITMQ_URL
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.settings import DEFAULT_RABBITMQ_URL
 
 __all__ = ["BenchEnv", "bench_env"]
 

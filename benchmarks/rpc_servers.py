@@ -9,7 +9,7 @@ from typing import Any
 
 import pika
 
-from kitty_tasks.settings import DEFAULT_RABBITMQ_URL
+from kitty_tasks.core.settings import DEFAULT_RABBITMQ_URL
 
 __all__ = ["PLATFORM_SERVICE", "RAW_QUEUE", "main"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.marks import mark
-from kitty_tasks.application import app
+from kitty_tasks.runtime.application import app
 
 __all__ = ["NOOP_TASK", "app", "noop"]
 

@@ -9,8 +9,8 @@ import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
 from benchmarks.marks import mark
-from kitty_tasks.settings import DEFAULT_RABBITMQ_URL
-from kitty_tasks.topology import MAX_PRIORITY
+from kitty_tasks.core.settings import DEFAULT_RABBITMQ_URL
+from kitty_tasks.core.topology import MAX_PRIORITY
 
 __all__ = ["QUEUE", "broker", "noop"]
 

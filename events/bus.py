@@ -35,12 +35,12 @@ from events.publishing import (
 )
 from events.routing import check_pattern
 from events.schemas import SchemaRegistry, default_registry
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.metrics import EVENTS_CONSUMED, serve_metrics
-from kitty_tasks.publisher import OutgoingMessage
-from kitty_tasks.settings import Settings, get_settings
-from kitty_tasks.shutdown import stop_on_signals
-from kitty_tasks.topology import (
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.metrics import EVENTS_CONSUMED, serve_metrics
+from kitty_tasks.core.publisher import OutgoingMessage
+from kitty_tasks.core.settings import Settings, get_settings
+from kitty_tasks.core.shutdown import stop_on_signals
+from kitty_tasks.core.topology import (
     DELAY_PREFIX,
     DLX_EXCHANGE,
     DLX_QUEUE,

@@ -17,8 +17,8 @@ from kombu.mixins import ConsumerMixin
 
 from events.connection import RECONNECT_MAX, RECONNECT_START, RECONNECT_STEP
 from events.errors import PublishError
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.topology import Topology
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.topology import Topology
 
 __all__ = ["ACK_BATCH", "ACK_DELAY", "AckBatch", "Process", "SubscriptionConsumer"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kitty_tasks.errors import (
+from kitty_tasks.core.errors import (
     KittyError,
     PayloadTooLarge,
     Permanent,

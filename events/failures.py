@@ -10,11 +10,10 @@ from pydantic import ValidationError
 
 from events.envelope import Event
 from events.errors import Permanent, SchemaError
-from kitty_tasks.deadletter import failure_headers, utc_now
-from kitty_tasks.metrics import EVENTS_FAILED
-from kitty_tasks.publisher import OutgoingMessage
-from kitty_tasks.retry import plan_retry
-from kitty_tasks.topology import (
+from kitty_tasks.core.failure import failure_headers, plan_retry, utc_now
+from kitty_tasks.core.metrics import EVENTS_FAILED
+from kitty_tasks.core.publisher import OutgoingMessage
+from kitty_tasks.core.topology import (
     BROKER_DEATH_HEADERS,
     DLX_EXCHANGE,
     H_ATTEMPT,

@@ -117,7 +117,7 @@ def default_store() -> SQLiteStore:
     global _default_store  # noqa: PLW0603 - one file per process, opened lazily
     with _default_lock:
         if _default_store is None:
-            from kitty_tasks.settings import get_settings
+            from kitty_tasks.core.settings import get_settings
 
             _default_store = SQLiteStore(get_settings().idempotency_db)
         return _default_store

@@ -16,10 +16,10 @@ from events.connection import RECONNECT_MAX, RECONNECT_START, RECONNECT_STEP, sa
 from events.envelope import Event
 from events.errors import InvalidEvent, NotConnected, PayloadTooLarge, PublishError, PublishRejected
 from events.routing import topic_matches
-from kitty_tasks.broker import vhost_of
-from kitty_tasks.metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE
-from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage, PublishResult
-from kitty_tasks.topology import EVENTS_EXCHANGE, TOPOLOGY
+from kitty_tasks.core.connection import vhost_of
+from kitty_tasks.core.metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE
+from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage, PublishResult
+from kitty_tasks.core.topology import EVENTS_EXCHANGE, TOPOLOGY
 
 __all__ = [
     "DEFAULT_POOL_LIMIT",
@@ -234,7 +234,7 @@ class PublisherPool:
 
     def _reject_publish_queues(self, event_type: str) -> list[tuple[str, int]]:
         """(queue, max length) of each reject-publish queue bound for ``event_type``."""
-        from kitty_tasks.management import ManagementClient
+        from kitty_tasks.core.management import ManagementClient
 
         found: list[tuple[str, int]] = []
         try:

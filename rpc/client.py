@@ -18,9 +18,9 @@ from typing import Any
 import amqp
 from pydantic import BaseModel
 
-from kitty_tasks.metrics import RPC_LATENCY
-from kitty_tasks.settings import get_settings
-from kitty_tasks.topology import RPC_EXCHANGE, TOPOLOGY
+from kitty_tasks.core.metrics import RPC_LATENCY
+from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.topology import RPC_EXCHANGE, TOPOLOGY
 from rpc.errors import (
     BadReply,
     ConnectionLost,

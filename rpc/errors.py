@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kitty_tasks.errors import KittyError, PayloadTooLarge
+from kitty_tasks.core.errors import KittyError, PayloadTooLarge
 
 __all__ = [
     "BadReply",

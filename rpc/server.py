@@ -14,12 +14,12 @@ import amqp
 from kombu import Connection
 from pydantic import BaseModel, ValidationError
 
-from kitty_tasks.deadletter import failure_headers
-from kitty_tasks.metrics import RPC_REQUESTS, serve_metrics
-from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage
-from kitty_tasks.settings import get_settings
-from kitty_tasks.shutdown import stop_on_signals
-from kitty_tasks.topology import (
+from kitty_tasks.core.failure import failure_headers
+from kitty_tasks.core.metrics import RPC_REQUESTS, serve_metrics
+from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
+from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.shutdown import stop_on_signals
+from kitty_tasks.core.topology import (
     DLX_EXCHANGE,
     DLX_UNROUTED_EXCHANGE,
     RPC_EXCHANGE,

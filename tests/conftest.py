@@ -10,9 +10,9 @@ import uuid
 import pytest
 from kombu import Connection
 
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.management import ManagementClient
-from kitty_tasks.settings import DEFAULT_RABBITMQ_URL
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.settings import DEFAULT_RABBITMQ_URL
 
 BASE_URL = os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
 MANAGEMENT_URL = os.environ.get("KITTY_MANAGEMENT_URL", "http://localhost:15672")

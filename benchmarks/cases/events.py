@@ -15,7 +15,7 @@ from benchmarks.cpu import CpuClock, broker_pid
 from benchmarks.env import BenchEnv
 from benchmarks.harness import Case, Sample, Target, Variant, measure
 from benchmarks.payload import PAYLOAD, body
-from kitty_tasks.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
+from kitty_tasks.core.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
 
 __all__ = ["EventConsume", "EventPublish"]
 

@@ -19,7 +19,7 @@ from benchmarks.cpu import CpuClock, broker_pid
 from benchmarks.env import BenchEnv
 from benchmarks.harness import Case, Sample, Target, Variant, measure
 from benchmarks.payload import PAYLOAD, body
-from kitty_tasks.topology import BRAIN_COMMANDS, RESEARCH_TASKS, TASKS_EXCHANGE
+from kitty_tasks.core.topology import BRAIN_COMMANDS, RESEARCH_TASKS, TASKS_EXCHANGE
 
 __all__ = ["TaskDrain", "TaskEnqueue"]
 
@@ -40,7 +40,7 @@ class TaskEnqueue(Case):
 
     def setup(self, env: BenchEnv, *, quick: bool) -> None:
         from benchmarks import tasks_celery, tasks_dramatiq
-        from kitty_tasks.taskqueue import TaskQueue
+        from kitty_tasks.runtime.taskqueue import TaskQueue
 
         self.env = env
         self.count = 300 if quick else 1000

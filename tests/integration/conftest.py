@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kitty_tasks.management import ManagementClient
+from kitty_tasks.core.management import ManagementClient
 from tests.integration.ops_support import own_vhost
 
 

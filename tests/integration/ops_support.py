@@ -13,9 +13,9 @@ from click.testing import CliRunner, Result
 from kombu import Connection
 from prometheus_client.parser import text_string_to_metric_families
 
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.cli import main
-from kitty_tasks.management import ManagementClient
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.ops.cli import main
 from tests.conftest import BASE_URL, MANAGEMENT_URL, url_for_vhost
 
 

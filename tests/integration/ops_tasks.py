@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kitty_tasks.application import app
+from kitty_tasks.runtime.application import app
 
 #: While the file this variable names exists, ``research.fragile`` fails.
 FAULT_FILE_ENV = "KITTY_TEST_FAULT_FILE"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import quote
 
-from kitty_tasks.management import ManagementClient
+from kitty_tasks.core.management import ManagementClient
 from rpc import RPCServer
 
 

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kitty_tasks.application import app
-from kitty_tasks.errors import Permanent
+from kitty_tasks.core.errors import Permanent
+from kitty_tasks.runtime.application import app
 
 
 def _record(path: str, line: str) -> int:

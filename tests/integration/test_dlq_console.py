@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from kitty_tasks.application import app
+from kitty_tasks.runtime.application import app
 from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, queue_counts, wait_for
 from tests.integration.ops_support import cli
 from tests.integration.ops_tasks import FAULT_FILE_ENV, RUNS_FILE_ENV, fragile, needs_key

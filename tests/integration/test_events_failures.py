@@ -10,7 +10,7 @@ from kombu import Connection
 from pydantic import BaseModel
 
 from events import Event, EventBus, Permanent, SchemaRegistry
-from kitty_tasks.topology import (
+from kitty_tasks.core.topology import (
     EVENTS_EXCHANGE,
     H_ATTEMPT,
     H_ATTEMPTS,

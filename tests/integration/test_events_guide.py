@@ -23,7 +23,7 @@ import pika
 import pytest
 
 from events import Event, EventBus
-from kitty_tasks.topology import subscriber_queue_name
+from kitty_tasks.core.topology import subscriber_queue_name
 from tests.helpers import ROOT, queue_counts, wait_for
 from tests.integration.events_helpers import Collector, consuming, drain, purge, unique
 

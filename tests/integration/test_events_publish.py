@@ -17,9 +17,9 @@ from events import (
     PublishRejected,
     Unroutable,
 )
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.management import ManagementClient
-from kitty_tasks.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
 from tests.conftest import url_for_vhost
 from tests.helpers import queue_counts
 from tests.integration.events_helpers import Collector, consuming, drain, unique

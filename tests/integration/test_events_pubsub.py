@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from events import Event, EventBus
-from kitty_tasks.topology import AUDIT_EVENTS, FABRICATION_EVENTS, NOTIFICATIONS, dlq_name
+from kitty_tasks.core.topology import AUDIT_EVENTS, FABRICATION_EVENTS, NOTIFICATIONS, dlq_name
 from tests.helpers import queue_counts
 from tests.integration.events_helpers import Collector, consuming, purge, unique
 
@@ -68,7 +68,7 @@ def test_the_guides_three_subscribers_get_exactly_what_their_patterns_select(
 def test_subscriber_queue_is_durable_with_its_dead_letter_wiring(
     amqp_url: str, management_client: object, test_vhost: str
 ) -> None:
-    from kitty_tasks.management import ManagementClient
+    from kitty_tasks.core.management import ManagementClient
 
     assert isinstance(management_client, ManagementClient)
     source = unique("wiring-service")

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from events import Event, EventBus
-from kitty_tasks.management import ManagementClient
+from kitty_tasks.core.management import ManagementClient
 from tests.conftest import drop_connections
 from tests.helpers import queue_counts, wait_for
 from tests.integration.events_helpers import Collector, consuming, unique

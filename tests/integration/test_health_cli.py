@@ -7,7 +7,7 @@ import json
 import pytest
 from kombu import Connection
 
-from kitty_tasks.topology import TASK_QUEUES
+from kitty_tasks.core.topology import TASK_QUEUES
 from tests.helpers import CeleryWorker, wait_for
 from tests.integration.ops_support import cli
 

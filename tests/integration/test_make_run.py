@@ -188,7 +188,7 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
         [
             sys.executable,
             "-m",
-            "kitty_tasks.demo",
+            "kitty_tasks.ops.demo",
             "--url",
             str(platform["url"]),
             "--timeout",
@@ -232,7 +232,7 @@ def test_demo_without_the_platform_says_how_to_start_it(ops_url: str) -> None:
     # Given a broker with the topology but no workers running
     # When `make demo` runs
     demo = subprocess.run(
-        [sys.executable, "-m", "kitty_tasks.demo", "--url", ops_url, "--timeout", "10"],
+        [sys.executable, "-m", "kitty_tasks.ops.demo", "--url", ops_url, "--timeout", "10"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from kitty_tasks.application import app
+from kitty_tasks.runtime.application import app
 from tests.conftest import MANAGEMENT_URL
 from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, wait_for
 from tests.integration.ops_support import free_port, sample, scrape

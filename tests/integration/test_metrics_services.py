@@ -14,9 +14,9 @@ import pytest
 from kombu import Connection
 
 from events import EventBus
-from kitty_tasks.metrics import serve_metrics
-from kitty_tasks.settings import get_settings
-from kitty_tasks.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
+from kitty_tasks.core.metrics import serve_metrics
+from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
 from rpc import NoRoute, RemoteError, RPCClient
 from tests.helpers import ROOT, queue_counts, wait_for
 from tests.integration.ops_support import free_port, sample, scrape

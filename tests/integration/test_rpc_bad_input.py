@@ -10,7 +10,7 @@ import amqp
 import pytest
 from kombu import Connection
 
-from kitty_tasks.topology import H_ERROR_TYPE, H_ORIGINAL_QUEUE, RPC_EXCHANGE, dlq_name
+from kitty_tasks.core.topology import H_ERROR_TYPE, H_ORIGINAL_QUEUE, RPC_EXCHANGE, dlq_name
 from rpc import REPLY_TO, RPCClient, RPCServer
 from tests.helpers import wait_for
 from tests.integration.rpc_support import service_name, serving

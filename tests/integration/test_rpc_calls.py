@@ -15,8 +15,8 @@ import pytest
 from kombu import Connection
 from pydantic import BaseModel
 
-from kitty_tasks.metrics import RPC_LATENCY
-from kitty_tasks.topology import dlq_name
+from kitty_tasks.core.metrics import RPC_LATENCY
+from kitty_tasks.core.topology import dlq_name
 from rpc import NoRoute, RemoteError, RPCClient, RPCServer, RPCTimeout
 from tests.helpers import queue_counts, wait_for
 from tests.integration.rpc_support import service_name, serving

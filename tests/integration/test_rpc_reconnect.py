@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kitty_tasks.broker import vhost_of
-from kitty_tasks.management import ManagementClient
+from kitty_tasks.core.connection import vhost_of
+from kitty_tasks.core.management import ManagementClient
 from rpc import ConnectionLost, RPCClient, RPCServer
 from tests.integration.rpc_support import drop_when_visible, service_name, serving
 

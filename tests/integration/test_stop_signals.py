@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from events import EventBus
-from kitty_tasks.topology import subscriber_queue_name
+from kitty_tasks.core.topology import subscriber_queue_name
 from rpc import RPCClient
 from tests.helpers import ROOT, queue_counts, wait_for
 from tests.integration.events_helpers import unique

@@ -15,8 +15,7 @@ from amqp import Message
 from kombu import Connection
 
 from kitty_tasks import PayloadTooLarge, PublishRejected, TaskQueue
-from kitty_tasks.cad import cad_generate
-from kitty_tasks.topology import (
+from kitty_tasks.core.topology import (
     CAD_TASKS,
     H_ERROR_MESSAGE,
     H_ERROR_TYPE,
@@ -25,6 +24,7 @@ from kitty_tasks.topology import (
     TOPOLOGY,
     dlq_name,
 )
+from kitty_tasks.tasks.cad import cad_generate
 from tests.helpers import ROOT, CeleryWorker, queue_counts, wait_for
 from tests.integration.test_tasks import drain
 

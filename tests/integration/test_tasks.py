@@ -15,10 +15,8 @@ from amqp import Message
 from kombu import Connection
 
 from kitty_tasks import app
-from kitty_tasks.cad import cad_generate
-from kitty_tasks.errors import InvalidInput
-from kitty_tasks.research import research_paper
-from kitty_tasks.topology import (
+from kitty_tasks.core.errors import InvalidInput
+from kitty_tasks.core.topology import (
     CAD_TASKS,
     H_ATTEMPTS,
     H_ERROR_MESSAGE,
@@ -30,6 +28,8 @@ from kitty_tasks.topology import (
     delay_exchange_name,
     dlq_name,
 )
+from kitty_tasks.tasks.cad import cad_generate
+from kitty_tasks.tasks.research import research_paper
 from tests.helpers import CeleryWorker, queue_counts, wait_for
 from tests.integration import tasks_for_tests
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from kombu import Connection
 
-from kitty_tasks.application import app
+from kitty_tasks.runtime.application import app
 from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, queue_counts
 from tests.integration.ops_support import cli
 

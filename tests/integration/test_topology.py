@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from kombu import Connection
 
-from kitty_tasks.cli import main
-from kitty_tasks.management import ManagementClient
-from kitty_tasks.topology import CAD_TASKS, TOPOLOGY
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.topology import CAD_TASKS, TOPOLOGY
+from kitty_tasks.ops.cli import main
 from tests.conftest import BASE_URL, MANAGEMENT_URL, url_for_vhost
 
 pytestmark = pytest.mark.rabbitmq

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.topology import TOPOLOGY, Topology
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.topology import TOPOLOGY, Topology
 from tests.reliability.helpers import WorkerProcess
 from tests.reliability.node import RabbitNode, free_port, rabbitmq_available
 

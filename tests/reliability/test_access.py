@@ -14,7 +14,7 @@ import pytest
 from kombu import Connection, Consumer, Queue
 
 from events import EventBus
-from kitty_tasks.topology import EVENTS_EXCHANGE
+from kitty_tasks.core.topology import EVENTS_EXCHANGE
 from tests.reliability.node import RabbitNode, free_port
 
 REPO = Path(__file__).resolve().parents[2]

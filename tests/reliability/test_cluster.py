@@ -11,8 +11,8 @@ import pytest
 from kombu import Connection
 
 from events import Event, EventBus
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.topology import FABRICATION_EVENTS, QueueType, build_topology
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.topology import FABRICATION_EVENTS, QueueType, build_topology
 from tests.reliability.conftest import NodeFactory
 from tests.reliability.helpers import Ledger
 from tests.reliability.node import RabbitNode, wait_for

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection, Consumer, Queue
 
-from kitty_tasks.topology import RESEARCH_TASKS
+from kitty_tasks.core.topology import RESEARCH_TASKS
 from tests.reliability.helpers import WorkerProcess, read_ids
 from tests.reliability.node import RabbitNode, wait_for
 from tests.reliability.workerapp import FLAKY_TASK, make_app

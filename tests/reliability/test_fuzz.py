@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from kombu import Connection
 
 from events import EventBus
-from kitty_tasks.topology import (
+from kitty_tasks.core.topology import (
     EVENTS_EXCHANGE,
     RESEARCH_TASKS,
     RPC_EXCHANGE,

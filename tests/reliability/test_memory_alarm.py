@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from events import EventBus
-from kitty_tasks.errors import PublishError, PublishTimeout
-from kitty_tasks.topology import RESEARCH_TASKS
+from kitty_tasks.core.errors import PublishError, PublishTimeout
+from kitty_tasks.core.topology import RESEARCH_TASKS
 from tests.reliability.helpers import queue_counts
 from tests.reliability.node import RabbitNode
 from tests.reliability.workerapp import RECORD_TASK, make_app

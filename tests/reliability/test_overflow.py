@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from kombu import Connection
 
-from kitty_tasks.broker import apply_topology
-from kitty_tasks.errors import PublishRejected
-from kitty_tasks.publisher import ConfirmedPublisher, OutgoingMessage
-from kitty_tasks.topology import (
+from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.errors import PublishRejected
+from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
+from kitty_tasks.core.topology import (
     CAD_TASKS,
     DLX_EXCHANGE,
     TASKS_EXCHANGE,

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from events import EventBus
 from events.schemas import SchemaRegistry
 from kitty_tasks import TaskQueue
-from kitty_tasks.errors import PayloadTooLarge
-from kitty_tasks.topology import EVENTS_EXCHANGE, RESEARCH_TASKS, TASKS_EXCHANGE, dlq_name
+from kitty_tasks.core.errors import PayloadTooLarge
+from kitty_tasks.core.topology import EVENTS_EXCHANGE, RESEARCH_TASKS, TASKS_EXCHANGE, dlq_name
 from tests.reliability.helpers import WorkerProcess, queue_counts, read_ids
 from tests.reliability.node import wait_for
 from tests.reliability.workerapp import RECORD_TASK, VALIDATED_TASK, make_app

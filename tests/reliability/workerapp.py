@@ -11,8 +11,8 @@ from typing import Any
 from celery import Celery
 
 from events.idempotency import SQLiteStore, idempotent
-from kitty_tasks.research import ResearchRequest
-from kitty_tasks.topology import RESEARCH_TASKS
+from kitty_tasks.core.topology import RESEARCH_TASKS
+from kitty_tasks.tasks.research import ResearchRequest
 
 __all__ = ["FLAKY_TASK", "RECORD_TASK", "VALIDATED_TASK", "make_app", "record_line"]
 
@@ -36,7 +36,7 @@ def record_line(kind: str, task_id: str) -> None:
 
 def make_app(url: str | None) -> Celery:
     """A Celery app with the platform's settings (``celeryconfig``) and the test tasks."""
-    app = Celery("reliability", task_cls="kitty_tasks.task:KittyTask")
+    app = Celery("reliability", task_cls="kitty_tasks.runtime.task:KittyTask")
     app.config_from_object("celeryconfig")
     if url:
         app.conf.broker_url = url

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from kitty_tasks.brain import BrainCommand, plan_jobs
-from kitty_tasks.cad import CadRequest, cad_generate
-from kitty_tasks.corpus import Document
-from kitty_tasks.errors import InvalidInput, Permanent
-from kitty_tasks.research import rank_documents, research_paper
+from kitty_tasks.core.errors import InvalidInput, Permanent
+from kitty_tasks.tasks.brain import BrainCommand, plan_jobs
+from kitty_tasks.tasks.cad import CadRequest, cad_generate
+from kitty_tasks.tasks.corpus import Document
+from kitty_tasks.tasks.research import rank_documents, research_paper
 
 DOCS = [
     Document(id="a", title="Nozzle clogs", text="clog clog extruder current"),

@@ -6,16 +6,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from kitty_tasks.dlq import (
-    H_PUBLISHED_AT,
-    H_REPLAYS,
-    decode_dead_letter,
-    group_by_error,
-    matches,
-    replay_headers,
-    replay_properties,
-)
-from kitty_tasks.topology import (
+from kitty_tasks.core.topology import (
     FAILURE_HEADERS,
     H_ATTEMPT,
     H_ATTEMPTS,
@@ -26,6 +17,15 @@ from kitty_tasks.topology import (
     H_MAX_RETRIES,
     H_ORIGINAL_QUEUE,
     H_TRACEBACK,
+)
+from kitty_tasks.ops.dlq import (
+    H_PUBLISHED_AT,
+    H_REPLAYS,
+    decode_dead_letter,
+    group_by_error,
+    matches,
+    replay_headers,
+    replay_properties,
 )
 
 CELERY_BODY = json.dumps([[3], {}, {"callbacks": None}]).encode()

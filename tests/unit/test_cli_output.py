@@ -7,10 +7,11 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from kitty_tasks.cli import main
-from kitty_tasks.cli_format import format_age, table, truncate
-from kitty_tasks.health import HealthReport, node_alarms
-from kitty_tasks.queues import is_dead_letter_queue, queue_kind, redact
+from kitty_tasks.core.connection import safe_url as redact
+from kitty_tasks.ops.cli import main
+from kitty_tasks.ops.cli_format import format_age, table, truncate
+from kitty_tasks.ops.health import HealthReport, node_alarms
+from kitty_tasks.ops.queues import is_dead_letter_queue, queue_kind
 
 #: Nothing listens on port 1: "broker down" without touching a real broker.
 DOWN = "amqp://guest:secret@127.0.0.1:1//"
@@ -140,7 +141,7 @@ def test_unknown_task_names_the_known_ones() -> None:
 
 
 def test_submitting_to_another_broker_leaves_the_apps_own_broker_alone() -> None:
-    from kitty_tasks.application import app
+    from kitty_tasks.runtime.application import app
 
     before = app.conf.broker_url
     code, _ = run("tasks", "submit", "research.paper", "--kwargs", '{"query": "x"}')

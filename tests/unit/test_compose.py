@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kitty_tasks.topology import EVENT_QUEUES, TASK_QUEUES
+from kitty_tasks.core.topology import EVENT_QUEUES, TASK_QUEUES
 from tests.compose_support import (
     ALERTS,
     COMPOSE_DIR,
@@ -171,7 +171,7 @@ def test_workers_serve_each_task_queue_with_metrics() -> None:
 
 def test_flower_requires_basic_auth_in_compose() -> None:
     flower = services(COMPOSE_DIR / "docker-compose.yml")["flower"]
-    assert flower["command"][:3] == ["python", "-m", "kitty_tasks.flower"]
+    assert flower["command"][:3] == ["python", "-m", "kitty_tasks.ops.flower"]
     assert "--insecure-local" not in flower["command"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 

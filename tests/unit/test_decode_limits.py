@@ -6,8 +6,8 @@ import pytest
 
 from events.envelope import Event
 from events.errors import DecodeError
-from kitty_tasks.errors import PayloadTooLarge
-from kitty_tasks.task import _check_size
+from kitty_tasks.core.errors import PayloadTooLarge
+from kitty_tasks.runtime.task import _check_size
 
 
 def test_deeply_nested_event_body_is_a_decode_error_not_a_recursion_error() -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kitty_tasks.cli import main
-from kitty_tasks.topology import (
+from kitty_tasks.core.topology import (
     AUDIT_EVENTS,
     EVENT_QUEUES,
     TASK_QUEUES,
@@ -17,6 +16,7 @@ from kitty_tasks.topology import (
     build_topology,
     definitions_json,
 )
+from kitty_tasks.ops.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SINGLE = ROOT / "compose/rabbitmq/definitions.json"
@@ -31,7 +31,7 @@ REGENERATE = {
     ("path", "queue_type"), [(SINGLE, QueueType.CLASSIC), (CLUSTER, QueueType.QUORUM)]
 )
 def test_committed_definitions_match_the_code(path: Path, queue_type: QueueType) -> None:
-    # Given the topology in kitty_tasks/topology.py
+    # Given the topology in kitty_tasks/core/topology.py
     expected = definitions_json(build_topology(event_queue_type=queue_type))
     # When the committed file is read
     actual = path.read_text()

@@ -18,7 +18,7 @@ from events import (
 )
 from events.publishing import caller_properties
 from events.routing import check_pattern, topic_matches
-from kitty_tasks.settings import Settings
+from kitty_tasks.core.settings import Settings
 
 URL = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens: any I/O would fail loudly
 

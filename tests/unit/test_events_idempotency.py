@@ -98,7 +98,7 @@ def test_default_store_is_the_sqlite_file_of_the_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import events.idempotency as module
-    from kitty_tasks.settings import get_settings
+    from kitty_tasks.core.settings import get_settings
 
     monkeypatch.setenv("KITTY_IDEMPOTENCY_DB", str(tmp_path / "default.sqlite3"))
     get_settings.cache_clear()

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kitty_tasks.flower import (
+from kitty_tasks.ops.flower import (
     AuthError,
     build_command,
     check_basic_auth,
@@ -86,7 +86,7 @@ def test_module_exits_non_zero_with_a_clear_message_without_auth() -> None:
     env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
     # When the launcher runs on a public address
     result = subprocess.run(
-        [sys.executable, "-m", "kitty_tasks.flower", "--address", "0.0.0.0"],
+        [sys.executable, "-m", "kitty_tasks.ops.flower", "--address", "0.0.0.0"],
         env=env,
         capture_output=True,
         text=True,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from kombu import Connection
 
-from kitty_tasks.publisher import ConfirmedPublisher
-from kitty_tasks.settings import get_settings
+from kitty_tasks.core.publisher import ConfirmedPublisher
+from kitty_tasks.core.settings import get_settings
 
 
 def test_confirm_wait_defaults_to_kitty_publish_timeout(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kitty_tasks.application import app
-from kitty_tasks.backend import RPC_BACKEND, KittyRPCBackend, result_backend_setting
+from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.backend import RPC_BACKEND, KittyRPCBackend, result_backend_setting
 
 
 def test_rpc_url_selects_the_kitty_backend() -> None:

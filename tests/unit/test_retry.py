@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from kitty_tasks.retry import backoff_delay, plan_retry
+from kitty_tasks.core.failure import backoff_delay, plan_retry
 
 
 def test_backoff_grows_exponentially_and_is_capped():

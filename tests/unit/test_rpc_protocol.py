@@ -8,7 +8,7 @@ import math
 import pytest
 from pydantic import BaseModel
 
-from kitty_tasks.errors import PayloadTooLarge
+from kitty_tasks.core.errors import PayloadTooLarge
 from rpc import InvalidPayload, NotConnected, RequestTooLarge, RPCClient, RPCServer, RPCTimeout
 from rpc.errors import BadReply, MalformedRequest, ReplyTooLarge, UnserializableResult
 from rpc.protocol import (

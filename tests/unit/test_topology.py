@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kitty_tasks.routing import task_queues
-from kitty_tasks.topology import (
+from kitty_tasks.core.topology import (
     DLX_EXCHANGE,
     DLX_QUEUE,
     TASK_QUEUES,
@@ -18,6 +17,7 @@ from kitty_tasks.topology import (
     subscriber_queue_name,
     to_definitions,
 )
+from kitty_tasks.runtime.routing import task_queues
 
 
 def test_guide_queue_limits_and_ttl():

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kitty_tasks.worker import malformed_reason
+from kitty_tasks.runtime.worker import malformed_reason
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from kitty_tasks.errors import ConfigurationError
-from kitty_tasks.worker import check_time_limit
+from kitty_tasks.core.errors import ConfigurationError
+from kitty_tasks.runtime.worker import check_time_limit
 
 
 def make_app(time_limit: float | None) -> Celery:

@@ -1,0 +1,118 @@
+"""Declare the topology on a broker, and compare a live broker with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection
+
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.topology import TOPOLOGY, Topology
+
+__all__ = ["Difference", "apply_topology", "compare_topology"]
+
+#: Arguments the broker adds or normalises on its own; not part of our contract.
+_IGNORED_ARGUMENTS = frozenset({"x-queue-type"})
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One way the broker differs from the code: what, which entity, and details."""
+
+    kind: str  # "missing" or "inequivalent"
+    entity: str  # "exchange", "queue" or "binding"
+    name: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.entity} {self.name}" + (
+            f": {self.detail}" if self.detail else ""
+        )
+
+
+def apply_topology(connection: Connection, topology: Topology = TOPOLOGY) -> None:
+    """Declare every exchange, queue and binding of ``topology``; idempotent."""
+    channel = connection.channel()
+    try:
+        for ex in topology.exchanges:
+            channel.exchange_declare(
+                ex.name, ex.type, durable=ex.durable, auto_delete=False, arguments=ex.arguments
+            )
+        for q in topology.queues:
+            channel.queue_declare(
+                q.name, durable=q.durable, auto_delete=False, arguments=q.arguments
+            )
+            for binding in q.bindings:
+                channel.queue_bind(q.name, binding.exchange, binding.routing_key)
+    finally:
+        channel.close()
+
+
+def _normalise(arguments: dict[str, Any] | None, queue_type: str | None = None) -> dict[str, Any]:
+    args = {k: v for k, v in (arguments or {}).items() if k not in _IGNORED_ARGUMENTS}
+    if queue_type and queue_type != "classic":
+        args["x-queue-type"] = queue_type
+    return args
+
+
+def compare_topology(
+    client: ManagementClient, vhost: str, topology: Topology = TOPOLOGY
+) -> list[Difference]:
+    """Every difference between ``vhost`` on the live broker and ``topology``."""
+    differences: list[Difference] = []
+    live_exchanges = {e["name"]: e for e in client.exchanges(vhost)}
+    for ex in topology.exchanges:
+        live = live_exchanges.get(ex.name)
+        if live is None:
+            differences.append(Difference("missing", "exchange", ex.name))
+            continue
+        if live["type"] != ex.type or live["durable"] != ex.durable:
+            differences.append(
+                Difference(
+                    "inequivalent",
+                    "exchange",
+                    ex.name,
+                    f"type/durable {live['type']}/{live['durable']}, "
+                    f"code says {ex.type}/{ex.durable}",
+                )
+            )
+        if (live.get("arguments") or {}) != ex.arguments:
+            differences.append(
+                Difference(
+                    "inequivalent",
+                    "exchange",
+                    ex.name,
+                    f"arguments {live.get('arguments')}, code says {ex.arguments}",
+                )
+            )
+    live_queues = {q["name"]: q for q in client.queues(vhost)}
+    for q in topology.queues:
+        live = live_queues.get(q.name)
+        if live is None:
+            differences.append(Difference("missing", "queue", q.name))
+            continue
+        want = _normalise(q.arguments, q.arguments.get("x-queue-type"))
+        have = _normalise(live.get("arguments"), live.get("type"))
+        if want != have or live["durable"] != q.durable:
+            changed = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            detail = ", ".join(f"{k}={have.get(k)!r} (code: {want.get(k)!r})" for k in changed)
+            if live["durable"] != q.durable:
+                detail = f"durable={live['durable']} (code: {q.durable}) " + detail
+            differences.append(Difference("inequivalent", "queue", q.name, detail.strip()))
+    live_bindings = {
+        (b["source"], b["destination"], b["routing_key"])
+        for b in client.bindings(vhost)
+        if b["destination_type"] == "queue"
+    }
+    for queue, binding in topology.bindings():
+        if (binding.exchange, queue, binding.routing_key) not in live_bindings:
+            differences.append(
+                Difference(
+                    "missing",
+                    "binding",
+                    f"{binding.exchange} -> {queue}",
+                    f"routing key {binding.routing_key!r}",
+                )
+            )
+    return differences

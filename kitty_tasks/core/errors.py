@@ -1,0 +1,75 @@
+"""The platform's error tree, shared by tasks, events and RPC (each adds its own below it)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "InvalidInput",
+    "KittyError",
+    "NotConnected",
+    "PayloadTooLarge",
+    "Permanent",
+    "PublishError",
+    "PublishRejected",
+    "PublishTimeout",
+    "TopologyError",
+    "Unroutable",
+]
+
+
+class KittyError(Exception):
+    """Base class of every error the platform raises."""
+
+
+class ConfigurationError(KittyError, ValueError):
+    """Settings that cannot work together; raised at start, before any message is taken."""
+
+
+class NotConnected(KittyError, RuntimeError):
+    """A client was used before ``connect()`` (or after ``disconnect()``)."""
+
+
+class BrokerUnavailable(KittyError):
+    """The broker cannot be reached at the given URL, or the URL is not a usable AMQP URL."""
+
+
+class TopologyError(KittyError):
+    """The broker's exchanges or queues differ from the topology in code."""
+
+
+class PublishError(KittyError):
+    """A message could not be handed to the broker safely."""
+
+
+class PublishRejected(PublishError):
+    """The broker nacked the publish (typically a full reject-publish queue)."""
+
+    def __init__(self, message: str, *, queue: str | None = None) -> None:
+        super().__init__(message)
+        self.queue = queue
+
+
+class Unroutable(PublishError):
+    """No queue is bound for the message's routing key (basic.return)."""
+
+    def __init__(self, message: str, *, exchange: str = "", routing_key: str = "") -> None:
+        super().__init__(message)
+        self.exchange = exchange
+        self.routing_key = routing_key
+
+
+class PayloadTooLarge(PublishError, ValueError):
+    """The encoded body is over KITTY_MAX_MESSAGE_BYTES; nothing was sent."""
+
+
+class PublishTimeout(PublishError, TimeoutError):
+    """The broker did not confirm in time (e.g. a memory or disk alarm blocks publishers)."""
+
+
+class Permanent(KittyError):
+    """Raise from a task or handler to dead-letter at once, without retries."""
+
+
+class InvalidInput(Permanent, ValueError):
+    """A message's data failed validation; retrying cannot fix it."""

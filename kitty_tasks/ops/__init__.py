@@ -1,0 +1,1 @@
+"""Operations: the kitty-tasks CLI, DLQ console and replay, health, exporter, Flower, demo."""

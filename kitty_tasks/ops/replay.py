@@ -1,0 +1,234 @@
+"""DLQ operations on the broker: list, peek (without losing or reordering), replay, purge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import amqp
+from kombu import Connection
+
+from kitty_tasks.core.errors import KittyError, PublishError
+from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
+from kitty_tasks.ops.dlq import DeadLetter, decode_dead_letter, matches, replay_properties
+from kitty_tasks.ops.queues import QueueNotFound, is_dead_letter_queue, queue_stats
+
+__all__ = [
+    "DlqSummary",
+    "ReplayError",
+    "ReplayReport",
+    "list_dlqs",
+    "oldest_age",
+    "peek",
+    "purge",
+    "replay",
+]
+
+#: Replayed messages confirmed per round trip when no rate limit is set.
+REPLAY_BATCH = 50
+
+Progress = Callable[[int], None]
+
+
+class ReplayError(KittyError):
+    """A replay stopped part-way; what was not confirmed is still in the DLQ."""
+
+
+@dataclass(frozen=True)
+class DlqSummary:
+    """One dead-letter queue: depth and the age of its oldest message."""
+
+    name: str
+    depth: int
+    oldest_age_seconds: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "queue": self.name,
+            "depth": self.depth,
+            "oldest_age_seconds": self.oldest_age_seconds,
+        }
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did: moved, would move (dry run), left in the DLQ and why."""
+
+    queue: str
+    examined: int = 0
+    replayed: list[DeadLetter] = field(default_factory=list)
+    would_replay: list[DeadLetter] = field(default_factory=list)
+    left: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "queue": self.queue,
+            "dry_run": self.dry_run,
+            "examined": self.examined,
+            "replayed": [letter.to_dict() for letter in self.replayed],
+            "would_replay": [letter.to_dict() for letter in self.would_replay],
+            "left": [{**letter.to_dict(), "why": why} for letter, why in self.left],
+        }
+
+
+def _properties(message: amqp.Message) -> dict[str, Any]:
+    return dict(message.properties)
+
+
+def peek(connection: Connection, queue: str, *, limit: int | None = None) -> list[DeadLetter]:
+    """Decode up to ``limit`` messages of ``queue`` from the head, leaving them where they were.
+
+    Each message is fetched without ack; closing the channel hands them all back,
+    and RabbitMQ puts requeued messages back at their original positions.
+    """
+    depth = queue_stats(connection, queue).messages
+    wanted = depth if limit is None else min(depth, limit)
+    channel = connection.connection.channel()
+    letters: list[DeadLetter] = []
+    try:
+        for position in range(wanted):
+            message = channel.basic_get(queue, no_ack=False)
+            if message is None:
+                break
+            letters.append(
+                decode_dead_letter(message.body, _properties(message), dlq=queue, position=position)
+            )
+    finally:
+        channel.close()
+    return letters
+
+
+def oldest_age(connection: Connection, queue: str, now: float | None = None) -> float | None:
+    """Age in seconds of the head (oldest) message of ``queue``; None when empty or unknown."""
+    head = peek(connection, queue, limit=1)
+    return head[0].age_seconds(now) if head else None
+
+
+def list_dlqs(connection: Connection, names: Sequence[str]) -> list[DlqSummary]:
+    """Depth and oldest age of every dead-letter queue among ``names`` that exists."""
+    summaries = []
+    for name in sorted(n for n in names if is_dead_letter_queue(n)):
+        try:
+            depth = queue_stats(connection, name).messages
+        except QueueNotFound:
+            continue  # deleted between the listing and now
+        summaries.append(DlqSummary(name, depth, oldest_age(connection, name) if depth else None))
+    return summaries
+
+
+def _target_exists(connection: Connection, queue: str, known: dict[str, bool]) -> bool:
+    if queue not in known:
+        try:
+            queue_stats(connection, queue)
+            known[queue] = True
+        except QueueNotFound:
+            known[queue] = False
+    return known[queue]
+
+
+def replay(
+    connection: Connection,
+    queue: str,
+    *,
+    patterns: Sequence[str] = (),
+    limit: int | None = None,
+    dry_run: bool = False,
+    rate: float | None = None,
+    progress: Progress | None = None,
+) -> ReplayReport:
+    """Move the dead letters of ``queue`` that match ``patterns`` back to their original queues.
+
+    Only the messages present when the replay starts are examined, so a message
+    that dies again during the replay is not replayed twice. Each moved message
+    is published to the default exchange (straight to its original queue, not
+    fanned out to every subscriber again), confirmed by the broker, and only
+    then acked out of the DLQ: a crash part-way leaves every unconfirmed
+    message in the DLQ. Messages that do not match stay unacked until the end
+    and then go back to their original positions.
+    """
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate}")
+    report = ReplayReport(queue, dry_run=dry_run)
+    depth = queue_stats(connection, queue).messages
+    channel = connection.connection.channel()
+    publisher = ConfirmedPublisher(connection)
+    batch: list[tuple[int, OutgoingMessage, DeadLetter]] = []
+    targets: dict[str, bool] = {}
+    batch_size = 1 if rate is not None else REPLAY_BATCH
+    started = time.monotonic()
+
+    def flush() -> None:
+        if not batch:
+            return
+        try:
+            publisher.publish_batch([outgoing for _, outgoing, _ in batch])
+        except PublishError as err:
+            raise ReplayError(
+                f"replay stopped after {len(report.replayed)} message(s): {err}; "
+                f"the {len(batch)} unconfirmed message(s) stay in {queue!r}"
+            ) from err
+        for tag, _, letter in batch:
+            channel.basic_ack(tag)
+            report.replayed.append(letter)
+        batch.clear()
+
+    try:
+        while report.examined < depth:
+            if (
+                limit is not None
+                and len(report.replayed) + len(batch) + len(report.would_replay) >= limit
+            ):
+                break
+            message = channel.basic_get(queue, no_ack=False)
+            if message is None:
+                break
+            properties = _properties(message)
+            letter = decode_dead_letter(
+                message.body, properties, dlq=queue, position=report.examined
+            )
+            report.examined += 1
+            if progress is not None:
+                progress(1)
+            if not matches(letter, patterns):
+                report.left.append((letter, "does not match the filter"))
+                continue
+            target = letter.original_queue
+            if not target:
+                report.left.append((letter, "original queue unknown"))
+                continue
+            if not _target_exists(connection, target, targets):
+                report.left.append((letter, f"original queue {target!r} does not exist"))
+                continue
+            if dry_run:
+                report.would_replay.append(letter)
+                continue
+            if rate is not None:
+                # Pace from the start, so a slow confirm does not push the rate lower.
+                due = started + len(report.replayed) / rate
+                time.sleep(max(0.0, due - time.monotonic()))
+            outgoing = OutgoingMessage(message.body, "", target, replay_properties(properties))
+            batch.append((message.delivery_tag, outgoing, letter))
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        publisher.close()
+        # Unacked messages (skipped, dry run, unconfirmed) go back where they were.
+        channel.close()
+    return report
+
+
+def purge(connection: Connection, queue: str) -> int:
+    """Delete every ready message of ``queue``; returns how many."""
+    channel = connection.connection.channel()
+    try:
+        count = channel.queue_purge(queue)
+    finally:
+        if channel.is_open:
+            channel.close()
+    return int(count or 0)

@@ -1,0 +1,194 @@
+"""The KITT guide's ``TaskQueue`` facade, built on the platform's Celery setup."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from celery import Celery
+from kombu import Connection
+
+from kitty_tasks.core.errors import PayloadTooLarge, Permanent
+from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
+from kitty_tasks.runtime.application import app as default_app
+
+__all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue"]
+
+#: The one Celery task that carries every facade submission: {task_type, data}.
+DISPATCH_TASK = "kitty.dispatch"
+
+Handler = Callable[["TaskContext"], Any]
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a handler sees: the guide's ``task.task_id``, ``task.data``, retry counters."""
+
+    task_id: str
+    task_type: str
+    data: dict[str, Any]
+    retry_count: int
+    max_retries: int
+    queue: str
+
+
+def _builtin_handlers() -> dict[str, Handler]:
+    # The platform's own tasks answer to their guide names, so a plain
+    # ``celery worker`` on research.tasks serves ``submit(task_type="research_paper")``.
+    from kitty_tasks.tasks.brain import brain_command
+    from kitty_tasks.tasks.cad import cad_generate
+    from kitty_tasks.tasks.research import research_paper
+
+    return {
+        "research_paper": lambda task: research_paper.run(**task.data),
+        "cad_generate": lambda task: cad_generate.run(**task.data),
+        "brain_command": lambda task: brain_command.run(**task.data),
+    }
+
+
+def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
+    """Register the dispatch task on ``app``: ``handlers`` first, then the built-in tasks."""
+
+    # Not shared: each app gets the dispatcher over its own handler registry.
+    @app.task(name=DISPATCH_TASK, bind=True, shared=False)
+    def dispatch(self: Any, task_type: str, data: dict[str, Any]) -> Any:
+        handler = handlers.get(task_type) or _builtin_handlers().get(task_type)
+        if handler is None:
+            raise Permanent(
+                f"no handler registered for task type {task_type!r} "
+                f"(known: {sorted(handlers) or 'none'})"
+            )
+        context = TaskContext(
+            task_id=str(self.request.id),
+            task_type=task_type,
+            data=data,
+            retry_count=int(self.request.retries or 0),
+            max_retries=self.retry_limit(),
+            queue=self.source_queue(),
+        )
+        return handler(context)
+
+
+def build_app(url: str, handlers: dict[str, Handler]) -> Celery:
+    """A Celery app on ``url`` with the platform's settings and the dispatch task."""
+    app = Celery("kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask")
+    app.config_from_object("celeryconfig")
+    app.conf.broker_url = url
+    register_dispatch(app, handlers)
+    return app
+
+
+class TaskQueue:
+    """One task queue of the guide: ``submit`` work to it, or serve it with handlers."""
+
+    def __init__(self, url: str | None = None, queue_name: str = "research.tasks") -> None:
+        if queue_name not in TASK_QUEUES:
+            raise ValueError(f"unknown task queue {queue_name!r}; the topology has {TASK_QUEUES}")
+        self.url = url or get_settings().rabbitmq_url
+        self.queue = queue_name
+        self._handlers: dict[str, Handler] = {}
+        self.app = build_app(self.url, self._handlers)
+        self._connection: Connection | None = None
+
+    def connect(self) -> TaskQueue:
+        """Open the connection now, so a wrong URL fails here rather than at ``submit``."""
+        if self._connection is None:
+            connection = self.app.connection_for_write()
+            connection.ensure_connection(max_retries=3)
+            self._connection = connection
+        return self
+
+    def disconnect(self) -> None:
+        """Close the connection; safe to call twice."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.release()
+
+    def __enter__(self) -> TaskQueue:
+        return self.connect()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.disconnect()
+
+    def submit(
+        self,
+        task_type: str,
+        data: dict[str, Any],
+        priority: int = 0,
+        max_retries: int | None = None,
+    ) -> str:
+        """Publish a task (confirmed by the broker) and return its id."""
+        if not isinstance(task_type, str) or not task_type:
+            raise ValueError("task_type must be a non-empty string")
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a JSON object (dict), got {type(data).__name__}")
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int)
+            or not 0 <= priority <= MAX_PRIORITY
+        ):
+            raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY}, got {priority!r}")
+        retries = get_settings().max_retries if max_retries is None else max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        try:
+            size = len(json.dumps(data, allow_nan=False).encode())
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"data is not JSON-serialisable: {err}") from err
+        limit = get_settings().max_message_bytes
+        if size > limit:
+            raise PayloadTooLarge(
+                f"task data is {size} bytes, over KITTY_MAX_MESSAGE_BYTES={limit}"
+            )
+        self.connect()
+        task_id = str(uuid.uuid4())
+        self.app.tasks[DISPATCH_TASK].apply_async(
+            kwargs={"task_type": task_type, "data": data},
+            task_id=task_id,
+            queue=self.queue,
+            priority=priority,
+            headers={H_MAX_RETRIES: retries},
+            connection=self._connection,
+        )
+        return task_id
+
+    def result(self, task_id: str, timeout: float = 30.0) -> Any:
+        """Wait for a submitted task's result (raises the task's error if it failed)."""
+        return self.app.AsyncResult(task_id).get(timeout=timeout)
+
+    def register_handler(self, task_type: str, handler: Handler) -> None:
+        """Serve ``task_type`` with ``handler(task)``; its return value is the task's result."""
+        if not callable(handler):
+            raise TypeError(f"handler for {task_type!r} is not callable")
+        self._handlers[task_type] = handler
+
+    def start_worker(self, prefetch_count: int = 1, *, hostname: str | None = None) -> None:
+        """Serve this queue with ``prefetch_count`` handler threads; blocks until SIGINT/SIGTERM."""
+        if prefetch_count < 1:
+            raise ValueError(f"prefetch_count must be >= 1, got {prefetch_count}")
+        worker = self.app.Worker(
+            pool="threads",
+            concurrency=prefetch_count,
+            queues=[self.queue],
+            hostname=hostname
+            or f"taskqueue-{self.queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+            without_mingle=True,
+            without_gossip=True,
+            loglevel="INFO",
+        )
+        worker.start()
+
+
+# Plain ``celery -A kitty_tasks worker`` processes serve facade submissions of the built-in types.
+register_dispatch(default_app, {})

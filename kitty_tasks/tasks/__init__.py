@@ -1,0 +1,1 @@
+"""The platform's built-in tasks: research ranking, CAD meshing, brain print planning."""
