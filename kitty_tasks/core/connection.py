@@ -48,6 +48,9 @@ def reconnect_delays() -> Iterator[float]:
 
 def safe_url(url: str) -> str:
     """``url`` without its password, fit for logs and error messages."""
+    if "://" not in url:
+        # Not a URL at all (Kombu's sanitiser would mangle it); drop any credentials.
+        return url.rpartition("@")[2]
     try:
         return str(sanitize_url(url))
     except ValueError:
