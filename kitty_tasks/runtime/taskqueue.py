@@ -41,9 +41,10 @@ class TaskContext:
 def _builtin_handlers() -> dict[str, Handler]:
     # The platform's own tasks answer to their guide names, so a plain
     # ``celery worker`` on research.tasks serves ``submit(task_type="research_paper")``.
-    from kitty_tasks.tasks.brain import brain_command
-    from kitty_tasks.tasks.cad import cad_generate
-    from kitty_tasks.tasks.research import research_paper
+    # Imported here: the task modules import the app, whose ``include`` loads this module.
+    from kitty_tasks.tasks.brain import brain_command  # noqa: PLC0415
+    from kitty_tasks.tasks.cad import cad_generate  # noqa: PLC0415
+    from kitty_tasks.tasks.research import research_paper  # noqa: PLC0415
 
     return {
         "research_paper": lambda task: research_paper.run(**task.data),

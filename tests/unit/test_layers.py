@@ -36,8 +36,9 @@ def test_the_public_face_still_builds_the_app_when_asked() -> None:
 
 
 def test_old_module_paths_are_the_new_modules() -> None:
-    import kitty_tasks.core.topology
     import kitty_tasks.topology  # type: ignore[import-not-found]
+
+    import kitty_tasks.core.topology
 
     assert kitty_tasks.topology is kitty_tasks.core.topology
 
