@@ -18,7 +18,7 @@ from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
 from kitty_tasks.runtime.application import app as default_app
 
-__all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue"]
+__all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
 
 #: The one Celery task that carries every facade submission: {task_type, data}.
 DISPATCH_TASK = "kitty.dispatch"
@@ -74,6 +74,21 @@ def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
             queue=self.source_queue(),
         )
         return handler(context)
+
+
+def worker_shape(prefetch_count: int | None, concurrency: int | None) -> tuple[int, int]:
+    """(threads, Celery prefetch multiplier) for ``start_worker``; ``ValueError`` if impossible."""
+    for name, value in (("prefetch_count", prefetch_count), ("concurrency", concurrency)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    threads = concurrency or prefetch_count or 1
+    prefetch = prefetch_count or threads
+    if prefetch % threads:
+        raise ValueError(
+            f"prefetch_count ({prefetch}) must be a multiple of concurrency ({threads}): "
+            "a Celery worker reserves concurrency x a whole prefetch multiplier"
+        )
+    return threads, prefetch // threads
 
 
 def build_app(url: str, handlers: dict[str, Handler]) -> Celery:
@@ -174,13 +189,25 @@ class TaskQueue:
             raise TypeError(f"handler for {task_type!r} is not callable")
         self._handlers[task_type] = handler
 
-    def start_worker(self, prefetch_count: int = 1, *, hostname: str | None = None) -> None:
-        """Serve this queue with ``prefetch_count`` handler threads; blocks until SIGINT/SIGTERM."""
-        if prefetch_count < 1:
-            raise ValueError(f"prefetch_count must be >= 1, got {prefetch_count}")
+    def start_worker(
+        self,
+        prefetch_count: int | None = None,
+        *,
+        concurrency: int | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        """Serve this queue until SIGINT/SIGTERM: ``concurrency`` handler threads.
+
+        ``prefetch_count`` is how many tasks the worker takes from the broker at once (the
+        guide's ``start_worker(prefetch_count=2)``): alone, it also sets the threads, so no
+        task waits in the worker behind another; with ``concurrency`` it must be a multiple
+        of it (Celery reserves ``concurrency`` x a whole multiplier).
+        """
+        threads, multiplier = worker_shape(prefetch_count, concurrency)
         worker = self.app.Worker(
             pool="threads",
-            concurrency=prefetch_count,
+            concurrency=threads,
+            prefetch_multiplier=multiplier,
             queues=[self.queue],
             hostname=hostname
             or f"taskqueue-{self.queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
