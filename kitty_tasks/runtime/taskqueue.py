@@ -23,7 +23,7 @@ __all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
 #: The one Celery task that carries every facade submission: {task_type, data}.
 DISPATCH_TASK = "kitty.dispatch"
 
-Handler = Callable[["TaskContext"], Any]
+TaskHandler = Callable[["TaskContext"], Any]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class TaskContext:
     queue: str
 
 
-def _builtin_handlers() -> dict[str, Handler]:
+def _builtin_handlers() -> dict[str, TaskHandler]:
     # The platform's own tasks answer to their guide names, so a plain
     # ``celery worker`` on research.tasks serves ``submit(task_type="research_paper")``.
     # Imported here: the task modules import the app, whose ``include`` loads this module.
@@ -53,7 +53,7 @@ def _builtin_handlers() -> dict[str, Handler]:
     }
 
 
-def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
+def register_dispatch(app: Celery, handlers: dict[str, TaskHandler]) -> None:
     """Register the dispatch task on ``app``: ``handlers`` first, then the built-in tasks."""
 
     # Not shared: each app gets the dispatcher over its own handler registry.
@@ -91,7 +91,7 @@ def worker_shape(prefetch_count: int | None, concurrency: int | None) -> tuple[i
     return threads, prefetch // threads
 
 
-def build_app(url: str, handlers: dict[str, Handler]) -> Celery:
+def build_app(url: str, handlers: dict[str, TaskHandler]) -> Celery:
     """A Celery app on ``url`` with the platform's settings and the dispatch task."""
     app = Celery("kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask")
     app.config_from_object("celeryconfig")
@@ -108,7 +108,7 @@ class TaskQueue:
             raise ValueError(f"unknown task queue {queue_name!r}; the topology has {TASK_QUEUES}")
         self.url = url or get_settings().rabbitmq_url
         self.queue = queue_name
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, TaskHandler] = {}
         self.app = build_app(self.url, self._handlers)
         self._connection: Connection | None = None
 
@@ -183,7 +183,7 @@ class TaskQueue:
         """Wait for a submitted task's result (raises the task's error if it failed)."""
         return self.app.AsyncResult(task_id).get(timeout=timeout)
 
-    def register_handler(self, task_type: str, handler: Handler) -> None:
+    def register_handler(self, task_type: str, handler: TaskHandler) -> None:
         """Serve ``task_type`` with ``handler(task)``; its return value is the task's result."""
         if not callable(handler):
             raise TypeError(f"handler for {task_type!r} is not callable")
