@@ -18,8 +18,9 @@ from rpc.errors import (
     UnknownMethod,
     UnserializableResult,
 )
+from rpc.methods import MethodHandler
 from rpc.protocol import REPLY_TO
-from rpc.server import DEFAULT_CONCURRENCY, Handler, RPCServer
+from rpc.server import DEFAULT_CONCURRENCY, RPCServer
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
@@ -27,9 +28,9 @@ __all__ = [
     "REPLY_TO",
     "BadReply",
     "ConnectionLost",
-    "Handler",
     "InvalidPayload",
     "MalformedRequest",
+    "MethodHandler",
     "NoRoute",
     "NotConnected",
     "RPCClient",

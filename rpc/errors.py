@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kitty_tasks.core.errors import KittyError, PayloadTooLarge
+from kitty_tasks.core.errors import NotConnected as CoreNotConnected
 
 __all__ = [
     "BadReply",
@@ -60,7 +61,8 @@ class ConnectionLost(RPCError, ConnectionError):
     """The broker connection dropped before the reply came; the request may or may not have run."""
 
 
-class NotConnected(RPCError, ConnectionError):
+# The core's NotConnected too, so that one ``except`` catches it from every layer.
+class NotConnected(RPCError, CoreNotConnected, ConnectionError):
     """No broker connection: not connected yet, closed, or still reconnecting."""
 
 

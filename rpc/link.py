@@ -12,9 +12,22 @@ from collections.abc import Callable
 from typing import Any
 
 import amqp
-from amqp.method_framing import frame_writer
 from kombu.connection import Connection
 
+from kitty_tasks.core.amqp_internals import (
+    BASIC_PUBLISH,
+    WriteBatcher,
+    buffer_reads,
+    has_buffered_frame,
+    lock_writes,
+)
+from kitty_tasks.core.connection import (
+    CONNECT_TIMEOUT,
+    open_connection,
+    reconnect_delays,
+    safe_url,
+)
+from kitty_tasks.core.errors import ConfigurationError
 from rpc.errors import NotConnected
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_HEARTBEAT", "Link"]
@@ -24,18 +37,13 @@ logger = logging.getLogger(__name__)
 #: Seconds of AMQP heartbeat: a silently dead peer is noticed within about twice this.
 DEFAULT_HEARTBEAT = 30.0
 #: Seconds allowed for the TCP and AMQP handshake of one connection attempt.
-DEFAULT_CONNECT_TIMEOUT = 5.0
-#: Reconnect backoff: first retry after this many seconds, doubling up to the cap.
-RECONNECT_FIRST_DELAY = 0.1
-RECONNECT_MAX_DELAY = 5.0
+DEFAULT_CONNECT_TIMEOUT = CONNECT_TIMEOUT
 #: Bytes asked of the socket per read; the surplus waits in the transport's buffer.
 RECV_CHUNK = 65536
 
 LOG_LOST = "%s: broker connection lost (%s: %s); reconnecting"
 LOG_RETRY = "%s: reconnect failed (%s: %s); next attempt in %.1f s"
 LOG_BACK = "%s: reconnected to the broker"
-
-_BASIC_PUBLISH = amqp.spec.Basic.Publish
 
 Setup = Callable[[amqp.Channel], None]
 
@@ -61,7 +69,7 @@ class Link:
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
         self.write_lock = threading.RLock()
-        self._batcher: _WriteBatcher | None = None
+        self._batcher: WriteBatcher | None = None
         #: Set while connected and set up; callers wait on it during a reconnect.
         self.ready = threading.Event()
         #: Increases with every successful connect, so stale deliveries can be recognised.
@@ -80,23 +88,20 @@ class Link:
     def open(self) -> amqp.Channel:
         """Connect (dropping any previous connection) and open the one channel."""
         self.close(clean=False)
-        connection = Connection(
-            self.url, heartbeat=self.heartbeat, connect_timeout=self.connect_timeout
+        # One attempt: the reconnect loop in ``serve`` does the waiting between attempts.
+        connection = open_connection(
+            self.url,
+            max_retries=0,
+            heartbeat=self.heartbeat,
+            connect_timeout=self.connect_timeout,
         )
         try:
-            connection.connect()
             raw = connection.connection
             if not isinstance(raw, amqp.Connection):
-                raise ValueError(f"RPC needs an amqp:// broker URL (py-amqp), not {self.url!r}")
-            batcher = _WriteBatcher(raw.transport.write)
-            write = frame_writer(raw, batcher)
-            lock = self.write_lock
-
-            def locked_write(*args: Any) -> Any:
-                with lock:
-                    return write(*args)
-
-            raw.frame_writer = locked_write
+                raise ConfigurationError(
+                    f"RPC needs an amqp:// broker URL (py-amqp), not {safe_url(self.url)!r}"
+                )
+            batcher = lock_writes(raw, self.write_lock)
             channel = raw.channel()
         except BaseException:
             _quietly(connection.collect)
@@ -104,7 +109,7 @@ class Link:
         self._kombu, self._raw, self.channel = connection, raw, channel
         self._batcher = batcher
         self._sock = raw.transport.sock
-        _buffer_reads(raw.transport)
+        buffer_reads(raw.transport, RECV_CHUNK)
         self._selector_for_serve().register(self._sock, selectors.EVENT_READ)
         self._next_tick = time.monotonic()
         self.generation += 1
@@ -120,7 +125,7 @@ class Link:
         # Not channel.basic_publish: py-amqp's version drains the socket (to notice
         # connection.blocked), which would race with the one reading thread.
         channel.send_method(
-            _BASIC_PUBLISH, "Bssbb", (0, exchange, routing_key, mandatory, False), message
+            BASIC_PUBLISH, "Bssbb", (0, exchange, routing_key, mandatory, False), message
         )
 
     def reply_and_ack(
@@ -128,22 +133,23 @@ class Link:
     ) -> None:
         """Publish a reply (default exchange) and ack a request in one socket write."""
         channel, batcher = self.channel, self._batcher
-        if channel is None or batcher is None:
+        if channel is None or batcher is None or batcher.flush is None:
             raise NotConnected("the broker connection is closed")
+        flush = batcher.flush
         # One write instead of two: syscalls, not Python, dominate a small reply's cost.
         with self.write_lock:
             batcher.pending = []
             try:
                 if message is not None:
                     channel.send_method(
-                        _BASIC_PUBLISH, "Bssbb", (0, "", routing_key, False, False), message
+                        BASIC_PUBLISH, "Bssbb", (0, "", routing_key, False, False), message
                     )
                 if delivery_tag is not None:
                     channel.basic_ack(delivery_tag)
             finally:
                 data, batcher.pending = b"".join(batcher.pending), None
             if data:
-                batcher.flush(data)
+                flush(data)
 
     def close(self, *, clean: bool = True) -> None:
         """Close the connection: with the AMQP handshake when ``clean``, else drop the socket."""
@@ -230,12 +236,8 @@ class Link:
 
     def _wait(self, raw: amqp.Connection, timeout: float | None) -> bool:
         """Wait until the socket has data (True), or a wake-up or the timeout (False)."""
-        transport = raw.transport
         # A frame half-read before a timeout, or TLS-buffered bytes, are invisible to select.
-        if getattr(transport, "_read_buffer", b""):
-            return True
-        pending = getattr(transport.sock, "pending", None)
-        if pending is not None and pending():
+        if has_buffered_frame(raw.transport):
             return True
         readable = False
         selector, wake_r = self._selector, self._wake_r
@@ -249,55 +251,21 @@ class Link:
         return readable
 
     def _reconnect(self, stopping: threading.Event, setup: Setup) -> bool:
-        delay = RECONNECT_FIRST_DELAY
+        delays = reconnect_delays()
         while not stopping.is_set():
             try:
                 setup(self.open())
             except Exception as err:
                 self.close(clean=False)
+                delay = next(delays)
                 logger.warning(LOG_RETRY, self.name, type(err).__name__, err, delay)
                 if stopping.wait(delay):
                     return False
-                delay = min(delay * 2, RECONNECT_MAX_DELAY)
             else:
                 logger.info(LOG_BACK, self.name)
                 self.ready.set()
                 return True
         return False
-
-
-class _WriteBatcher:
-    """The transport as py-amqp's frame writer sees it: writes through, or collects a batch."""
-
-    def __init__(self, write: Callable[[Any], None]) -> None:
-        self.flush = write
-        self.pending: list[bytes] | None = None
-
-    def write(self, data: Any) -> None:
-        """Write ``data`` now, or keep a copy (the frame writer reuses its buffer) for the batch."""
-        if self.pending is None:
-            self.flush(data)
-        else:
-            self.pending.append(bytes(data))
-
-
-def _buffer_reads(transport: Any) -> None:
-    """Make the transport read whole socket buffers instead of one frame part per syscall.
-
-    py-amqp asks ``recv`` for exactly the bytes it needs (header, payload, end octet), so a
-    message costs nine syscalls and nine waits. Asking for up to ``RECV_CHUNK`` bytes leaves the
-    surplus in the transport's own ``_read_buffer``, which py-amqp already consumes first and
-    ``Link._wait`` checks before waiting on the socket. Plain TCP only: TLS keeps its own buffer.
-    """
-    sock = getattr(transport, "sock", None)
-    if sock is None or not hasattr(transport, "_quick_recv") or hasattr(sock, "pending"):
-        return
-    recv: Callable[[int], bytes] = sock.recv
-
-    def recv_chunk(n: int) -> bytes:
-        return recv(max(n, RECV_CHUNK))
-
-    transport._quick_recv = recv_chunk
 
 
 def _quietly(fn: Callable[..., Any], *args: Any) -> None:

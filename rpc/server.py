@@ -11,27 +11,20 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import amqp
-from kombu import Connection
 from pydantic import BaseModel, ValidationError
 
-from kitty_tasks.core.failure import failure_headers
+from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.metrics import RPC_REQUESTS, serve_metrics
-from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.shutdown import stop_on_signals
-from kitty_tasks.core.topology import (
-    DLX_EXCHANGE,
-    DLX_UNROUTED_EXCHANGE,
-    RPC_EXCHANGE,
-    TOPOLOGY,
-    dead_letter_arguments,
-    dlq_name,
-)
+from kitty_tasks.core.topology import dlq_name
+from rpc.dead_letters import RequestDeadLetters
+from rpc.declare import declare_service_queue
 from rpc.errors import MalformedRequest, NotConnected, UnknownMethod
 from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
+from rpc.methods import MethodHandler, MethodRegistry
 from rpc.protocol import (
     CONTENT_TYPE,
-    DEFAULT_METHOD_LABEL,
     H_METHOD,
     deadline_passed,
     decode_request,
@@ -39,7 +32,7 @@ from rpc.protocol import (
     encode_result,
 )
 
-__all__ = ["DEFAULT_CONCURRENCY", "Handler", "RPCServer"]
+__all__ = ["DEFAULT_CONCURRENCY", "RPCServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +40,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 4
 #: Seconds ``stop`` waits for running handlers before closing the connection anyway.
 DEFAULT_STOP_TIMEOUT = 30.0
-#: The metrics' method label of requests for a method the server does not have.
-UNKNOWN_METHOD_LABEL = "unknown"
 #: Errors that are the caller's fault (counted as ``bad_request``, not logged as failures).
 _CALLER_ERRORS = (MalformedRequest, UnknownMethod, ValidationError)
 
@@ -57,30 +48,9 @@ LOG_EXPIRED = "%s: skipping a request whose deadline passed (correlation id %s)"
 LOG_DEAD_LETTERED = "%s: request without reply_to failed (%s); dead-lettered to %s"
 LOG_ACK_FAILED = "%s: could not ack a request (%s); the broker will redeliver it"
 LOG_REPLY_FAILED = "%s: could not send a reply (%s)"
-LOG_DEAD_LETTER_FAILED = "%s: dead-letter copy not confirmed (%s); rejecting the request to its DLQ"
+LOG_REJECTED = "%s: request without reply_to failed (%s); rejected to %s (its copy failed)"
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass(frozen=True)
-class Handler:
-    """A method's function and its optional pydantic request and response models."""
-
-    fn: Callable[[Any], Any]
-    request_model: type[BaseModel] | None = None
-    response_model: type[BaseModel] | None = None
-
-    def invoke(self, payload: dict[str, Any]) -> Any:
-        """Validate ``payload``, run the function, validate and dump its result."""
-        request: Any = payload
-        if self.request_model is not None:
-            request = self.request_model.model_validate(payload)
-        result = self.fn(request)
-        if self.response_model is not None:
-            if not isinstance(result, self.response_model):
-                result = self.response_model.model_validate(result)
-            return result.model_dump(mode="json")
-        return result
 
 
 @dataclass(frozen=True)
@@ -110,11 +80,15 @@ class RPCServer:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         if not service:
-            raise ValueError("an RPC server needs a service name, e.g. RPCServer(url, 'math.rpc')")
+            raise ConfigurationError(
+                "an RPC server needs a service name, e.g. RPCServer(url, 'math.rpc')"
+            )
         if concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
         if prefetch is not None and prefetch < concurrency:
-            raise ValueError(f"prefetch ({prefetch}) must be at least concurrency ({concurrency})")
+            raise ConfigurationError(
+                f"prefetch ({prefetch}) must be at least concurrency ({concurrency})"
+            )
         settings = get_settings()
         self.url = url or settings.rabbitmq_url
         self.service = service
@@ -128,7 +102,7 @@ class RPCServer:
             heartbeat=heartbeat,
             connect_timeout=connect_timeout,
         )
-        self._handlers: dict[str | None, Handler] = {}
+        self._methods = MethodRegistry(service)
         self._work: queue.SimpleQueue[_Delivery | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
@@ -136,8 +110,7 @@ class RPCServer:
         self._stopped.set()
         self._stop_timeout = DEFAULT_STOP_TIMEOUT
         self._consumer_tag: str | None = None
-        self._dead_letter_lock = threading.Lock()
-        self._dead_letters: ConfirmedPublisher | None = None
+        self._dead_letters = RequestDeadLetters(self.url, service)
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -149,7 +122,7 @@ class RPCServer:
         response_model: type[BaseModel] | None = None,
     ) -> F:
         """Serve ``fn(request) -> result`` for calls that name no method (the guide's form)."""
-        self._handlers[None] = Handler(fn, request_model, response_model)
+        self._methods.add(None, MethodHandler(fn, request_model, response_model))
         return fn
 
     def add_method(
@@ -162,8 +135,8 @@ class RPCServer:
     ) -> None:
         """Serve ``fn`` for calls with ``method=name``."""
         if not name:
-            raise ValueError("a method needs a name; use register_handler for the default")
-        self._handlers[name] = Handler(fn, request_model, response_model)
+            raise ConfigurationError("a method needs a name; use register_handler for the default")
+        self._methods.add(name, MethodHandler(fn, request_model, response_model))
 
     def method(
         self,
@@ -187,7 +160,7 @@ class RPCServer:
         if self._link.channel is not None:
             return
         try:
-            self._declare(self._link.open())
+            declare_service_queue(self._link.open(), self.service)
         except Exception as err:
             self._link.close(clean=False)
             raise NotConnected(f"cannot set up RPC service {self.service!r}: {err}") from err
@@ -244,28 +217,6 @@ class RPCServer:
 
     # -- connection ----------------------------------------------------------------------
 
-    def _declare(self, channel: amqp.Channel) -> None:
-        # Declared from the topology so that a bare broker works; identical re-declares are no-ops.
-        for name in (RPC_EXCHANGE, DLX_UNROUTED_EXCHANGE, DLX_EXCHANGE):
-            spec = TOPOLOGY.exchange(name)
-            channel.exchange_declare(
-                spec.name,
-                spec.type,
-                durable=spec.durable,
-                auto_delete=False,
-                arguments=spec.arguments,
-            )
-        channel.queue_declare(
-            self.service,
-            durable=True,
-            auto_delete=False,
-            arguments=dead_letter_arguments(self.service),
-        )
-        channel.queue_bind(self.service, RPC_EXCHANGE, self.service)
-        dlq = dlq_name(self.service)
-        channel.queue_declare(dlq, durable=True, auto_delete=False)
-        channel.queue_bind(dlq, DLX_EXCHANGE, self.service)
-
     def _consume(self, channel: amqp.Channel | None) -> None:
         if channel is None:
             raise NotConnected("the server lost its connection before consuming")
@@ -275,7 +226,7 @@ class RPCServer:
         )
 
     def _setup(self, channel: amqp.Channel) -> None:
-        self._declare(channel)
+        declare_service_queue(channel, self.service)
         self._consume(channel)
 
     def _on_lost(self, err: BaseException) -> None:
@@ -303,11 +254,7 @@ class RPCServer:
         self._workers = []
         # Requests prefetched but never started are not acked: closing requeues them.
         self._link.dispose()
-        with self._dead_letter_lock:
-            if self._dead_letters is not None:
-                self._dead_letters.close()
-                self._dead_letters.connection.release()
-                self._dead_letters = None
+        self._dead_letters.close()
         while not self._work.empty():
             self._work.get_nowait()
         self._stopped.set()
@@ -339,15 +286,7 @@ class RPCServer:
             return
         try:
             payload = decode_request(message.body)
-            handler = self._handlers.get(method)
-            if handler is None:
-                known = sorted(str(name) for name in self._handlers if name is not None)
-                raise UnknownMethod(
-                    f"service {self.service!r} has no method {method!r}"
-                    + (f" (it has: {', '.join(known)})" if known else "")
-                    if method is not None
-                    else f"service {self.service!r} has no default handler; name a method"
-                )
+            handler = self._methods.find(method)
             body = encode_result(handler.invoke(payload), max_bytes=self.max_message_bytes)
             outcome = "ok"
         except Exception as err:
@@ -386,34 +325,21 @@ class RPCServer:
             logger.warning(LOG_ACK_FAILED, self.service, err)
 
     def _dead_letter(self, delivery: _Delivery, err: Exception) -> None:
-        """Publish a confirmed copy to ``dlx`` (so into ``<service>.dlq``) with why, then ack.
+        """Dead-letter a failed request no caller waits for, by the core's failure policy.
 
-        Without a confirmed copy the original is rejected instead, so that the broker
-        dead-letters it (with ``x-death``): the request is never acked away uncopied.
+        A confirmed copy with the ``x-kitty-error-*`` headers goes to ``<service>.dlq`` and
+        the request is acked; without a confirmed copy the request is rejected instead, so
+        the broker dead-letters it (with ``x-death``): it is never acked away uncopied.
         """
-        message = delivery.message
-        headers = dict(message.properties.get("application_headers") or {})
-        headers.update(failure_headers(err, attempts=1, first_failure=None, queue=self.service))
-        properties = {
-            "content_type": message.properties.get("content_type", CONTENT_TYPE),
-            "correlation_id": message.properties.get("correlation_id"),
-            "application_headers": headers,
-        }
-        copy = OutgoingMessage(message.body, DLX_EXCHANGE, self.service, properties)
-        try:
-            with self._dead_letter_lock:
-                # The link's channel has no confirms (replies need none), so dead letters
-                # go through a confirming publisher on a connection of their own.
-                if self._dead_letters is None:
-                    self._dead_letters = ConfirmedPublisher(Connection(self.url))
-                self._dead_letters.publish(copy)
-        except Exception as publish_err:
-            logger.warning(LOG_DEAD_LETTER_FAILED, self.service, publish_err)
+        method = (delivery.message.properties.get("application_headers") or {}).get(H_METHOD)
+        dlq = dlq_name(self.service)
+        if self._dead_letters.dead_letter(delivery.message, err).ack:
+            logger.warning(LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq)
+            self._count(method, "dead_lettered")
+            self._ack(delivery)
+        else:
+            logger.warning(LOG_REJECTED, self.service, type(err).__name__, dlq)
             self._reject(delivery)
-            return
-        logger.warning(LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq_name(self.service))
-        self._count(headers.get(H_METHOD), "dead_lettered")
-        self._ack(delivery)
 
     def _reject(self, delivery: _Delivery) -> None:
         channel = self._link.channel
@@ -425,9 +351,5 @@ class RPCServer:
             logger.warning(LOG_ACK_FAILED, self.service, err)
 
     def _count(self, method: object, outcome: str) -> None:
-        """Count a handled request; unknown method names share one label, to bound the series."""
-        if not (method is None or isinstance(method, str)) or method not in self._handlers:
-            label = UNKNOWN_METHOD_LABEL
-        else:
-            label = DEFAULT_METHOD_LABEL if method is None else method
-        RPC_REQUESTS.labels(self.service, label, outcome).inc()
+        """Count a handled request under its method's label."""
+        RPC_REQUESTS.labels(self.service, self._methods.label(method), outcome).inc()

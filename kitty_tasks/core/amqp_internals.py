@@ -35,7 +35,7 @@ __all__ = [
     "WriteBatcher",
     "buffer_reads",
     "has_buffered_frame",
-    "locked_frame_writer",
+    "lock_writes",
     "missing_internals",
     "publish_arguments",
     "readable_by_hand",
@@ -72,7 +72,7 @@ def write_frames_into(connection: amqp.Connection, sink: WriteBatcher) -> Callab
     return writer
 
 
-def locked_frame_writer(connection: amqp.Connection, lock: threading.RLock) -> WriteBatcher:
+def lock_writes(connection: amqp.Connection, lock: threading.RLock) -> WriteBatcher:
     """Make every frame ``connection`` writes take ``lock``; returns the batcher they pass.
 
     Lets any thread publish or ack on a connection that one other thread reads,
