@@ -19,7 +19,7 @@ def service_name(label: str) -> str:
 
 
 @contextmanager
-def serving(server: RPCServer, *, ready_timeout: float = 10.0) -> Iterator[RPCServer]:
+def serving(server: RPCServer, *, ready_timeout: float = 30.0) -> Iterator[RPCServer]:
     """Run ``server.start()`` in a thread until the block ends, then stop it cleanly."""
     thread = threading.Thread(target=server.start, name=f"serve-{server.service}", daemon=True)
     thread.start()
@@ -38,7 +38,7 @@ def drop_when_visible(
     *,
     at_least: int,
     opened_after: float,
-    timeout: float = 20.0,
+    timeout: float = 60.0,
 ) -> int:
     """Drop ``vhost``'s connections opened after ``opened_after`` once ``at_least`` are listed.
 

@@ -36,7 +36,7 @@ def _raw_request(amqp_url: str, service: str, body: bytes) -> dict[str, Any]:
         channel.basic_consume(REPLY_TO, no_ack=True, callback=replies.append)
         message = amqp.Message(body, reply_to=REPLY_TO, correlation_id="raw-1")
         channel.basic_publish(message, RPC_EXCHANGE, service)
-        connection.drain_events(timeout=5)
+        connection.drain_events(timeout=30)
     assert replies, "no reply came"
     assert replies[0].properties["correlation_id"] == "raw-1"
     return dict(json.loads(replies[0].body))
@@ -72,7 +72,7 @@ def test_a_malformed_body_without_reply_to_is_dead_lettered_with_why(
             assert client.call(echo_service, {"n": 1}, timeout=5) == {"n": 1}
         dead = wait_for(
             lambda: channel.basic_get(dlq_name(echo_service), no_ack=True),
-            10,
+            30,
             what="the malformed request in the DLQ",
         )
     assert dead.body == b"garbage"

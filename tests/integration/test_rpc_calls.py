@@ -18,10 +18,14 @@ from pydantic import BaseModel
 from kitty_tasks.core.metrics import RPC_LATENCY
 from kitty_tasks.core.topology import dlq_name
 from rpc import NoRoute, RemoteError, RPCClient, RPCServer, RPCTimeout
+from rpc.protocol import deadline_passed, request_headers
 from tests.helpers import queue_counts, wait_for
 from tests.integration.rpc_support import service_name, serving
 
 pytestmark = pytest.mark.rabbitmq
+
+#: Seconds a handler waits for a second one to overlap it before giving up.
+OVERLAP_DEADLINE = 30.0
 
 
 @pytest.fixture
@@ -195,9 +199,10 @@ def test_timeout_is_close_and_the_server_skips_nothing_after(
     service = service_name("slow")
     server = RPCServer(amqp_url, service, concurrency=1)
     echoed: list[int] = []
+    release = threading.Event()
 
     def slow(request: dict[str, Any]) -> dict[str, Any]:
-        time.sleep(1.2)
+        release.wait()  # until its caller timed out and later calls queued behind it
         return {"slow": True}
 
     def echo(request: dict[str, Any]) -> int:
@@ -207,12 +212,17 @@ def test_timeout_is_close_and_the_server_skips_nothing_after(
     server.add_method("slow", slow)
     server.add_method("echo", echo)
     with serving(server):
-        started = time.monotonic()
-        with pytest.raises(RPCTimeout, match=r"within 0\.5 s") as raised:
-            client.call(service, {}, timeout=0.5, method="slow")
-        elapsed = time.monotonic() - started
-        # When later calls queue behind the slow handler (its late reply comes among them)
-        futures = [client.call_async(service, {"n": n}, timeout=5, method="echo") for n in range(5)]
+        try:
+            started = time.monotonic()
+            with pytest.raises(RPCTimeout, match=r"within 0\.5 s") as raised:
+                client.call(service, {}, timeout=0.5, method="slow")
+            elapsed = time.monotonic() - started
+            # When later calls queue behind the slow handler (its late reply comes among them)
+            futures = [
+                client.call_async(service, {"n": n}, timeout=30, method="echo") for n in range(5)
+            ]
+        finally:
+            release.set()
         results = [future.result() for future in futures]
     # Then the timeout came on time, and every later call ran and got its own answer
     assert 0.5 <= elapsed < 0.8
@@ -228,13 +238,18 @@ def test_200_calls_from_8_threads_through_one_client(amqp_url: str, client: RPCC
     active = 0
     most_active = 0
     lock = threading.Lock()
+    overlapping = threading.Event()
 
     def multiply(request: dict[str, Any]) -> dict[str, Any]:
         nonlocal active, most_active
         with lock:
             active += 1
             most_active = max(most_active, active)
-        time.sleep(0.002)  # long enough for handlers to overlap
+            if active > 1:
+                overlapping.set()
+        # The first handler waits for a second to run beside it (a bound, not a pace: with
+        # eight callers and four threads that comes at once unless the server serialises).
+        overlapping.wait(OVERLAP_DEADLINE)
         with lock:
             active -= 1
         return {"product": request["x"] * request["y"], "x": request["x"]}
@@ -270,7 +285,7 @@ def test_a_stale_request_is_not_executed_when_a_server_starts_later(amqp_url: st
         # the broker expired it
         with pytest.raises(RPCTimeout):
             client.call(service, {"stale": True}, timeout=1)
-        wait_for(lambda: queue_counts(amqp_url, dlq_name(service))[0] == 1, 10, what="expiry")
+        wait_for(lambda: queue_counts(amqp_url, dlq_name(service))[0] == 1, 30, what="expiry")
         server = RPCServer(amqp_url, service)
 
         def record(request: dict[str, Any]) -> str:
@@ -298,11 +313,11 @@ def test_a_request_prefetched_past_its_deadline_is_skipped(
     service = service_name("prefetched")
     server = RPCServer(amqp_url, service, concurrency=1, prefetch=2)
     echoed: list[int] = []
-    slow_started = threading.Event()
+    slow_started, release = threading.Event(), threading.Event()
 
     def slow(request: dict[str, Any]) -> str:
         slow_started.set()
-        time.sleep(0.8)
+        release.wait()  # until the waiting request's deadline has passed
         return "slow done"
 
     def echo(request: dict[str, Any]) -> int:
@@ -312,11 +327,19 @@ def test_a_request_prefetched_past_its_deadline_is_skipped(
     server.add_method("slow", slow)
     server.add_method("echo", echo)
     with serving(server):
-        slow_call = client.call_async(service, {}, timeout=5, method="slow")
-        assert slow_started.wait(5)
-        # When the waiting request's deadline passes before a thread is free
-        with pytest.raises(RPCTimeout):
-            client.call(service, {"n": 1}, timeout=0.3, method="echo")
+        try:
+            slow_call = client.call_async(service, {}, timeout=30, method="slow")
+            assert slow_started.wait(30)
+            # When the waiting request's deadline passes before a thread is free
+            waiting = client.call_async(service, {"n": 1}, timeout=0.3, method="echo")
+            sent_by = time.time()
+            with pytest.raises(RPCTimeout):
+                waiting.result()
+            # (the server reads the deadline on its own clock; the header's is at most this)
+            latest_deadline = request_headers("echo", 0.3, now=sent_by)
+            wait_for(lambda: deadline_passed(latest_deadline), 5, interval=0.01)
+        finally:
+            release.set()
         assert slow_call.result() == "slow done"
         # Then it is dropped unexecuted, and the next request runs
         assert client.call(service, {"n": 2}, timeout=5, method="echo") == 2
@@ -331,24 +354,24 @@ def test_stop_cancels_the_consumer_while_a_handler_finishes(amqp_url: str) -> No
 
     def slow(request: dict[str, Any]) -> str:
         in_hand.set()
-        release.wait(10)
+        release.wait()
         return "done"
 
     server.register_handler(slow)
     with serving(server), RPCClient(amqp_url) as client:
-        call = client.call_async(service, {}, timeout=10)
-        assert in_hand.wait(5)
+        call = client.call_async(service, {}, timeout=30)
+        assert in_hand.wait(30)
         # When stop() is called while the handler still runs
         stopper = threading.Thread(target=server.stop)
         stopper.start()
         try:
             # Then the queue loses its consumer at once: new requests wait for another server
-            wait_for(lambda: queue_counts(amqp_url, service)[1] == 0, 5, what="the cancel")
+            wait_for(lambda: queue_counts(amqp_url, service)[1] == 0, 30, what="the cancel")
         finally:
             release.set()
             stopper.join(10)
         # and the request in hand is still answered
-        assert call.result(5) == "done"
+        assert call.result(30) == "done"
 
 
 def test_stop_waits_for_hung_handlers_at_most_its_timeout_in_all(amqp_url: str) -> None:
@@ -368,7 +391,7 @@ def test_stop_waits_for_hung_handlers_at_most_its_timeout_in_all(amqp_url: str) 
             for _ in range(4):
                 client.call_async(service, {}, timeout=30)
             for _ in range(4):
-                assert stuck.acquire(timeout=5)
+                assert stuck.acquire(timeout=30)
             # When it is stopped with a 1 s timeout
             started = time.monotonic()
             server.stop(timeout=1)

@@ -15,6 +15,9 @@ from tests.integration.rpc_support import drop_when_visible, service_name, servi
 
 pytestmark = pytest.mark.rabbitmq
 
+#: Seconds the management API gets to list the new connections (it refreshes every ~5 s).
+DROP_DEADLINE = 60.0
+
 
 @pytest.mark.slow
 def test_a_call_in_flight_at_a_drop_fails_and_later_calls_succeed(
@@ -30,24 +33,32 @@ def test_a_call_in_flight_at_a_drop_fails_and_later_calls_succeed(
     release = threading.Event()
 
     def slow(request: dict[str, Any]) -> str:
-        release.wait(5)
+        # Held until the drop is done, however long the management API takes to list
+        # the connections: a handler that answered first would leave nothing in flight.
+        release.wait()
         return "slow"
 
     server.add_method("slow", slow)
     server.add_method("ping", lambda request: "pong")
     with serving(server), RPCClient(amqp_url) as client:
-        assert client.call(service, {}, method="ping", timeout=5) == "pong"
-        in_flight = client.call_async(service, {}, method="slow", timeout=20)
-        # When the broker drops every connection of the vhost (client's and server's)
-        dropped = drop_when_visible(
-            management_client, vhost_of(amqp_url), at_least=2, opened_after=opened_after
-        )
-        started = time.monotonic()
-        # Then the call in flight fails with a clear error, long before its timeout
-        with pytest.raises(ConnectionLost, match="may or may not have run"):
-            in_flight.result(timeout=10)
-        assert time.monotonic() - started < 2
-        release.set()
+        try:
+            assert client.call(service, {}, method="ping", timeout=5) == "pong"
+            in_flight = client.call_async(service, {}, method="slow", timeout=DROP_DEADLINE + 20)
+            # When the broker drops every connection of the vhost (client's and server's)
+            dropped = drop_when_visible(
+                management_client,
+                vhost_of(amqp_url),
+                at_least=2,
+                opened_after=opened_after,
+                timeout=DROP_DEADLINE,
+            )
+            started = time.monotonic()
+            # Then the call in flight fails with a clear error, long before its timeout
+            with pytest.raises(ConnectionLost, match="may or may not have run"):
+                in_flight.result(timeout=10)
+            assert time.monotonic() - started < 2
+        finally:
+            release.set()
         # And the client and the server both come back: later calls succeed
         assert client.call(service, {}, method="ping", timeout=10) == "pong"
         assert [client.call(service, {}, method="ping", timeout=5) for _ in range(3)] == [
