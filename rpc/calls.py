@@ -40,11 +40,10 @@ class Call:
 
 
 class CallsInFlight:
-    """The calls awaiting a reply, by correlation id; each ends once, in its Future. Thread-safe.
+    """The calls awaiting a reply, by correlation id; each ends once, in its Future. Thread-safe."""
 
-    Replies, returns and deadlines remove a call; a reply for a call that is not here any
-    more (it timed out, or was never ours) is discarded.
-    """
+    # A reply, a return, a deadline, a drop or a disconnect removes a call; a reply for a
+    # call that is not here any more (it timed out, or was never ours) is discarded.
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

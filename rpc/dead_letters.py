@@ -17,12 +17,11 @@ __all__ = ["RequestDeadLetters"]
 
 
 class RequestDeadLetters:
-    """Copies failed requests of one queue into its DLQ, confirmed, with the reason in headers.
+    """Copies failed requests of one queue into its DLQ, confirmed, with why; thread-safe."""
 
-    The request link's channel has no publisher confirms (replies need none), so the
-    copies go through a confirming publisher on a connection of their own, opened at
-    the first dead letter. Thread-safe.
-    """
+    # The request link's channel has no publisher confirms (replies need none), so the
+    # copies go through a confirming publisher on a connection of their own, opened at
+    # the first dead letter.
 
     def __init__(self, url: str, queue: str) -> None:
         self.url = url

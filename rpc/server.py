@@ -48,7 +48,6 @@ LOG_EXPIRED = "%s: skipping a request whose deadline passed (correlation id %s)"
 LOG_DEAD_LETTERED = "%s: request without reply_to failed (%s); dead-lettered to %s"
 LOG_ACK_FAILED = "%s: could not ack a request (%s); the broker will redeliver it"
 LOG_REPLY_FAILED = "%s: could not send a reply (%s)"
-LOG_REJECTED = "%s: request without reply_to failed (%s); rejected to %s (its copy failed)"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -325,20 +324,18 @@ class RPCServer:
             logger.warning(LOG_ACK_FAILED, self.service, err)
 
     def _dead_letter(self, delivery: _Delivery, err: Exception) -> None:
-        """Dead-letter a failed request no caller waits for, by the core's failure policy.
-
-        A confirmed copy with the ``x-kitty-error-*`` headers goes to ``<service>.dlq`` and
-        the request is acked; without a confirmed copy the request is rejected instead, so
-        the broker dead-letters it (with ``x-death``): it is never acked away uncopied.
-        """
+        """Dead-letter a failed request that no caller waits for, by the core's failure policy."""
         method = (delivery.message.properties.get("application_headers") or {}).get(H_METHOD)
-        dlq = dlq_name(self.service)
         if self._dead_letters.dead_letter(delivery.message, err).ack:
-            logger.warning(LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq)
+            # A confirmed copy with the x-kitty-error-* headers is in <service>.dlq.
+            logger.warning(
+                LOG_DEAD_LETTERED, self.service, type(err).__name__, dlq_name(self.service)
+            )
             self._count(method, "dead_lettered")
             self._ack(delivery)
         else:
-            logger.warning(LOG_REJECTED, self.service, type(err).__name__, dlq)
+            # No confirmed copy (the policy logged why): the broker dead-letters the request
+            # itself, with x-death, so it is never acked away uncopied.
             self._reject(delivery)
 
     def _reject(self, delivery: _Delivery) -> None:
