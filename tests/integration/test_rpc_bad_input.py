@@ -10,8 +10,16 @@ import amqp
 import pytest
 from kombu import Connection
 
-from kitty_tasks.core.topology import H_ERROR_TYPE, H_ORIGINAL_QUEUE, RPC_EXCHANGE, dlq_name
+from kitty_tasks.core.topology import (
+    H_ATTEMPTS,
+    H_ERROR_MESSAGE,
+    H_ERROR_TYPE,
+    H_ORIGINAL_QUEUE,
+    RPC_EXCHANGE,
+    dlq_name,
+)
 from rpc import REPLY_TO, RPCClient, RPCServer
+from rpc.protocol import H_METHOD
 from tests.helpers import wait_for
 from tests.integration.rpc_support import service_name, serving
 
@@ -78,3 +86,35 @@ def test_a_malformed_body_without_reply_to_is_dead_lettered_with_why(
     assert dead.body == b"garbage"
     assert dead.headers[H_ERROR_TYPE] == "MalformedRequest"
     assert dead.headers[H_ORIGINAL_QUEUE] == echo_service
+
+
+def test_a_failing_request_without_reply_to_is_dead_lettered_like_any_failed_message(
+    amqp_url: str,
+) -> None:
+    # Given a method that fails, called by a publisher that waits for no reply
+    service = service_name("fails")
+    server = RPCServer(amqp_url, service)
+
+    def fail(request: dict[str, Any]) -> None:
+        raise ValueError("no good")
+
+    server.add_method("fail", fail)
+    request = amqp.Message(
+        b'{"n": 1}', correlation_id="c-1", application_headers={H_METHOD: "fail"}
+    )
+    with serving(server), Connection(amqp_url) as connection:
+        channel = connection.default_channel
+        channel.basic_publish(request, RPC_EXCHANGE, service)
+        # Then the request lands in the service's DLQ with the platform's failure headers
+        dead = wait_for(
+            lambda: channel.basic_get(dlq_name(service), no_ack=True),
+            30,
+            what="the failed request in the DLQ",
+        )
+    assert dead.body == b'{"n": 1}'
+    assert dead.headers[H_ERROR_TYPE] == "ValueError"
+    assert dead.headers[H_ERROR_MESSAGE] == "no good"
+    assert dead.headers[H_ATTEMPTS] == 1
+    assert dead.headers[H_ORIGINAL_QUEUE] == service
+    assert dead.headers[H_METHOD] == "fail"
+    assert dead.properties["correlation_id"] == "c-1"
