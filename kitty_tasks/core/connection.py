@@ -74,8 +74,9 @@ def open_connection(
 ) -> Connection:
     """A connected Kombu ``Connection``, retried with the backoff; else ``BrokerUnavailable``.
 
-    ``max_retries=1`` tries once (an operator's command wants the error now); ``None``
-    retries forever. ``options`` go to ``Connection`` (e.g. ``heartbeat``).
+    ``max_retries`` counts retries after the first attempt (Kombu's meaning): ``0`` tries
+    once, ``1`` once more after ``RECONNECT_START`` (an operator's command wants the error
+    now); ``None`` retries forever. ``options`` go to ``Connection`` (e.g. ``heartbeat``).
     """
     if "://" not in url:
         raise BrokerUnavailable(
