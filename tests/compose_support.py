@@ -79,11 +79,11 @@ def alert_rules() -> list[dict[str, Any]]:
 
 def project_metric_names() -> set[str]:
     """Every series name the project's own metrics can expose (``kitty_*``)."""
-    from kitty_tasks import exporter, metrics
+    from kitty_tasks.core import metrics
+    from kitty_tasks.ops.exporter import FAMILIES
 
     wrappers = [v for v in vars(metrics).values() if isinstance(v, MetricWrapperBase)]
-    wrappers.append(exporter.BROKER_UP)
-    names = set()
+    names = set(FAMILIES)  # the exporter's gauges have no suffixes
     for wrapper in wrappers:
         for family in wrapper.describe():
             # A counter or histogram is only ever exposed with its suffixes.

@@ -15,7 +15,6 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     multiprocess,
     start_http_server,
@@ -24,15 +23,11 @@ from prometheus_client import (
 from kitty_tasks.core.settings import get_settings
 
 __all__ = [
-    "DLQ_DEPTH",
-    "DLQ_OLDEST_AGE",
     "EVENTS_CONSUMED",
     "EVENTS_FAILED",
     "EVENTS_PUBLISHED",
     "EVENTS_UNROUTABLE",
     "MULTIPROC_ENV",
-    "QUEUE_CONSUMERS",
-    "QUEUE_DEPTH",
     "RPC_LATENCY",
     "RPC_REQUESTS",
     "TASKS",
@@ -101,12 +96,6 @@ RPC_LATENCY = Histogram(
     "RPC call latency seen by the client",
     ["service", "method", "outcome"],
     buckets=_LATENCY_BUCKETS,
-)
-QUEUE_DEPTH = Gauge("kitty_queue_depth", "Messages ready and unacked in a queue", ["queue"])
-QUEUE_CONSUMERS = Gauge("kitty_queue_consumers", "Consumers of a queue", ["queue"])
-DLQ_DEPTH = Gauge("kitty_dlq_depth", "Dead letters waiting in a DLQ", ["queue"])
-DLQ_OLDEST_AGE = Gauge(
-    "kitty_dlq_oldest_age_seconds", "Age of the oldest dead letter in a DLQ", ["queue"]
 )
 EVENTS_UNROUTABLE = Counter(
     "kitty_events_unroutable",

@@ -10,10 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import amqp
-from amqp.method_framing import frame_writer
-from amqp.serialization import dumps
 from kombu import Connection
 
+from kitty_tasks.core.amqp_internals import (
+    BASIC_PUBLISH,
+    WriteBatcher,
+    publish_arguments,
+    write_frames_into,
+)
 from kitty_tasks.core.errors import PublishRejected, PublishTimeout, Unroutable
 from kitty_tasks.core.settings import get_settings
 
@@ -21,8 +25,6 @@ __all__ = ["ConfirmedPublisher", "OutgoingMessage", "PublishResult"]
 
 #: Bytes of a batch's frames collected before they go to the socket in one write.
 WRITE_CHUNK = 64 * 1024
-
-_BASIC_PUBLISH = amqp.spec.Basic.Publish
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,8 @@ class ConfirmedPublisher:
         self._acked: set[int] = set()
         self._nacked: set[int] = set()
         self._returned: set[str] = set()
-        self._frames: list[bytes] = []
+        #: Collects a batch's frames for one socket write.
+        self._frames = WriteBatcher()
         self._write_frame: Callable[..., Any] | None = None
         self._publish_args: dict[tuple[str, str], bytes] = {}
 
@@ -84,9 +87,9 @@ class ConfirmedPublisher:
         self._channel = channel
         self._next_tag = 1
         self._pending.clear()
-        # py-amqp's frame writer, writing into a list instead of the socket: a batch's frames
-        # then leave in one write instead of one sendall (and one socket poll) per message.
-        self._write_frame = frame_writer(raw, _Collector(self._frames))
+        # A batch's frames then leave in one write instead of one sendall (and one socket
+        # poll) per message.
+        self._write_frame = write_frames_into(raw, self._frames)
         return channel
 
     def _settle(self, tag: int, multiple: bool, into: set[int]) -> None:
@@ -128,7 +131,7 @@ class ConfirmedPublisher:
         try:
             self._write(channel, messages, ids)
         finally:
-            self._frames.clear()
+            self._frames.pending = []
         self._wait(set(ids), timeout if timeout is not None else self.confirm_timeout)
         result = PublishResult(
             confirmed=[ids[t].message_id for t in sorted(self._acked & ids.keys())],
@@ -167,8 +170,9 @@ class ConfirmedPublisher:
         blocked connection ends in ``PublishTimeout``. Writes of up to ``WRITE_CHUNK`` let
         the broker start on a large batch while the rest is framed.
         """
-        write_frame, frames = self._write_frame, self._frames
+        write_frame, frames = self._write_frame, self._frames.pending
         assert write_frame is not None  # set by _open
+        assert frames is not None  # a collecting batcher
         send = self.connection.connection.transport.write
         channel_id = channel.channel_id
         size = 0
@@ -183,11 +187,11 @@ class ConfirmedPublisher:
             key = (outgoing.exchange, outgoing.routing_key)
             args = self._publish_args.get(key)
             if args is None:
-                args = dumps("Bssbb", (0, outgoing.exchange, outgoing.routing_key, True, False))
+                args = publish_arguments(outgoing.exchange, outgoing.routing_key, mandatory=True)
                 if len(self._publish_args) < 1024:
                     self._publish_args[key] = args
             write_frame(
-                1, channel_id, _BASIC_PUBLISH, args, amqp.Message(outgoing.body, **properties)
+                1, channel_id, BASIC_PUBLISH, args, amqp.Message(outgoing.body, **properties)
             )
             size += len(frames[-1])
             ids[self._next_tag] = outgoing
@@ -233,14 +237,3 @@ class ConfirmedPublisher:
             # The channel may already be gone with its connection.
             with contextlib.suppress(Exception):
                 channel.close()
-
-
-class _Collector:
-    """A transport as py-amqp's frame writer sees it, keeping the frames for one write."""
-
-    def __init__(self, frames: list[bytes]) -> None:
-        self.frames = frames
-
-    def write(self, data: Any) -> None:
-        """Keep a copy: the frame writer reuses its buffer for the next frame."""
-        self.frames.append(bytes(data))

@@ -139,7 +139,8 @@ def tasks_submit(
     as_json: bool,
 ) -> None:
     """Publish TASK_NAME (e.g. research.paper) with JSON keyword arguments."""
-    from kitty_tasks.runtime.application import app
+    # Loaded on use: the other commands (health, dlq, topology) need no Celery app.
+    from kitty_tasks.runtime.application import app  # noqa: PLC0415
 
     kwargs = json_object(kwargs_text, "--kwargs")
     url = ctx.obj["url"]
@@ -184,7 +185,7 @@ def metrics() -> None:
 @click.pass_context
 def metrics_serve(ctx: click.Context, port: int, addr: str, vhost: str | None) -> None:
     """Serve queue depth/consumers and DLQ depth/oldest age on /metrics, read on each scrape."""
-    from kitty_tasks.ops.exporter import serve
+    from kitty_tasks.ops.exporter import serve  # noqa: PLC0415 - only this command needs it
 
     url = ctx.obj["url"]
     vhost = vhost or vhost_of(url)

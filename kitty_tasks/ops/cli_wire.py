@@ -11,10 +11,13 @@ from typing import Any
 import click
 from kombu import Exchange, Queue
 
+from events import Event, EventBus
+from events.errors import DecodeError
 from kitty_tasks.core.connection import connected
 from kitty_tasks.core.topology import EVENTS_EXCHANGE
 from kitty_tasks.ops.cli_dlq import operator_errors
 from kitty_tasks.ops.cli_format import echo_json, json_object
+from rpc import RPCClient
 
 __all__ = ["events", "rpc"]
 
@@ -46,8 +49,6 @@ def events_publish(
     as_json: bool,
 ) -> None:
     """Publish EVENT_TYPE (service.entity.action) and wait for the broker's confirm."""
-    from events import EventBus
-
     data = json_object(data_text, "--data")
     with operator_errors(), EventBus(ctx.obj["url"], source=source) as bus:
         event = bus.publish(
@@ -60,9 +61,6 @@ def events_publish(
 
 
 def _event_line(body: bytes | str, content_type: str | None, as_json: bool) -> str:
-    from events import Event
-    from events.errors import DecodeError
-
     try:
         event = Event.decode(body, content_type=content_type)
     except DecodeError as err:
@@ -146,8 +144,6 @@ def rpc_call(
     as_json: bool,
 ) -> None:
     """Call SERVICE with a JSON payload and print its result (exit 1 on a remote error)."""
-    from rpc import RPCClient
-
     payload = json_object(payload_text, "--payload")
     started = time.monotonic()
     with operator_errors(), RPCClient(ctx.obj["url"]) as client:

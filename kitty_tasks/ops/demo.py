@@ -12,9 +12,19 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from kombu import Connection
+
+from events import EventBus
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import BRAIN_COMMANDS, CAD_TASKS, RESEARCH_TASKS
+from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.taskqueue import TaskQueue
+from kitty_tasks.tasks.brain import brain_command
+from kitty_tasks.tasks.cad import cad_generate
+from kitty_tasks.tasks.research import research_paper
+from rpc import RPCClient, RPCServer
+from rpc.errors import NoRoute, RemoteError
 
 __all__ = ["DemoError", "main"]
 
@@ -30,7 +40,6 @@ class DemoError(RuntimeError):
 
 def require_consumer(url: str, queue: str) -> None:
     """Fail fast, with the fix, when no worker consumes ``queue``."""
-    from kombu import Connection
 
     # A passive declare answers from the queue itself; the management API's
     # consumer counts lag by its statistics interval.
@@ -45,7 +54,6 @@ def require_consumer(url: str, queue: str) -> None:
 
 def taskqueue_step(url: str, timeout: float) -> list[str]:
     """The guide's facade: ``TaskQueue.submit`` served by the running research worker."""
-    from kitty_tasks.runtime.taskqueue import TaskQueue
 
     require_consumer(url, RESEARCH_TASKS)
     with TaskQueue(url, RESEARCH_TASKS) as queue:
@@ -65,10 +73,6 @@ def taskqueue_step(url: str, timeout: float) -> list[str]:
 
 def celery_step(url: str, timeout: float) -> list[str]:
     """Celery's own idiom: ``delay`` and ``apply_async(priority=9)`` with their results."""
-    from kitty_tasks.runtime.application import app
-    from kitty_tasks.tasks.brain import brain_command
-    from kitty_tasks.tasks.cad import cad_generate
-    from kitty_tasks.tasks.research import research_paper
 
     app.conf.broker_url = url
     for queue in (RESEARCH_TASKS, CAD_TASKS, BRAIN_COMMANDS):
@@ -110,7 +114,6 @@ def celery_step(url: str, timeout: float) -> list[str]:
 
 def events_step(url: str, timeout: float) -> list[str]:
     """Pub/sub: a subscriber thread on ``fabrication.print.#`` gets two published events."""
-    from events import EventBus
 
     received: list[Any] = []
     both = threading.Event()
@@ -157,7 +160,6 @@ def events_step(url: str, timeout: float) -> list[str]:
 
 def _delete_queues(url: str, names: list[str]) -> None:
     # The demo's own subscription would otherwise collect every later print event forever.
-    from kombu import Connection
 
     with Connection(url, connect_timeout=5) as connection:
         channel = connection.channel()
@@ -167,8 +169,6 @@ def _delete_queues(url: str, names: list[str]) -> None:
 
 def rpc_step(url: str, timeout: float) -> list[str]:
     """Request/reply: an RPC server thread answers ``math.rpc``; errors come back typed."""
-    from rpc import RPCClient, RPCServer
-    from rpc.errors import NoRoute, RemoteError
 
     def handle_add(request: dict[str, Any]) -> dict[str, Any]:
         return {"result": request["a"] + request["b"]}
@@ -208,7 +208,6 @@ def rpc_step(url: str, timeout: float) -> list[str]:
 
 
 def _call_when_ready(client: Any, payload: dict[str, Any], timeout: float) -> Any:
-    from rpc.errors import NoRoute
 
     # The server thread binds its queue moments after start(); until then a call has no route.
     deadline = time.monotonic() + timeout

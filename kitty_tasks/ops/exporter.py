@@ -3,69 +3,86 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from kitty_tasks.core.connection import connected
 from kitty_tasks.core.management import ManagementClient
-from kitty_tasks.core.metrics import DLQ_DEPTH, DLQ_OLDEST_AGE, QUEUE_CONSUMERS, QUEUE_DEPTH
 from kitty_tasks.ops.queues import is_dead_letter_queue
 from kitty_tasks.ops.replay import list_dlqs
 
-__all__ = ["BROKER_UP", "BrokerCollector", "serve"]
+__all__ = ["BrokerCollector", "serve"]
 
 logger = logging.getLogger(__name__)
 
-#: 1 when the last scrape could read the broker, 0 when it could not.
-BROKER_UP = Gauge(
-    "kitty_exporter_broker_up", "Whether the last scrape could read the broker", registry=None
-)
+#: name -> help text of every series the exporter serves; all but ``broker_up`` by queue.
+FAMILIES = {
+    "kitty_exporter_broker_up": "Whether the last scrape could read the broker",
+    "kitty_queue_depth": "Messages ready and unacked in a queue",
+    "kitty_queue_consumers": "Consumers of a queue",
+    "kitty_dlq_depth": "Dead letters waiting in a DLQ",
+    "kitty_dlq_oldest_age_seconds": "Age of the oldest dead letter in a DLQ",
+}
+
+
+def _family(name: str) -> GaugeMetricFamily:
+    labels = [] if name == "kitty_exporter_broker_up" else ["queue"]
+    return GaugeMetricFamily(name, FAMILIES[name], labels=labels)
 
 
 class BrokerCollector(Collector):
-    """Reads the broker when Prometheus scrapes, so the numbers are never older than the scrape."""
+    """Reads the broker when Prometheus scrapes, so the numbers are never older than the scrape.
+
+    Each scrape builds its metric families afresh: nothing is shared between scrapes
+    or with the process's own metrics, and a queue that is gone is simply not listed.
+    """
 
     def __init__(self, url: str, management: ManagementClient, vhost: str) -> None:
         self.url = url
         self.management = management
         self.vhost = vhost
-        # Scrapes can overlap (two Prometheus servers); the gauges are shared state.
-        self._lock = threading.Lock()
 
-    def refresh(self) -> None:
-        """Set every gauge from the broker; clears queues that no longer exist."""
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The families, without samples (lets the registry check names without a scrape)."""
+        for name in FAMILIES:
+            yield _family(name)
+
+    def read(self) -> dict[str, GaugeMetricFamily]:
+        """One reading of the broker, as metric families by name."""
+        families = {name: _family(name) for name in FAMILIES if name != "kitty_exporter_broker_up"}
         queues: list[dict[str, Any]] = self.management.queues(self.vhost)
-        for gauge in (QUEUE_DEPTH, QUEUE_CONSUMERS, DLQ_DEPTH, DLQ_OLDEST_AGE):
-            gauge.clear()
         for queue in queues:
             name = str(queue["name"])
             if is_dead_letter_queue(name):
                 continue
-            QUEUE_DEPTH.labels(queue=name).set(int(queue.get("messages") or 0))
-            QUEUE_CONSUMERS.labels(queue=name).set(int(queue.get("consumers") or 0))
+            families["kitty_queue_depth"].add_metric([name], int(queue.get("messages") or 0))
+            families["kitty_queue_consumers"].add_metric([name], int(queue.get("consumers") or 0))
         # DLQs over AMQP: the depth is exact and the head's age needs a peek anyway.
         with connected(self.url) as connection:
             for summary in list_dlqs(connection, [str(q["name"]) for q in queues]):
-                DLQ_DEPTH.labels(queue=summary.name).set(summary.depth)
-                DLQ_OLDEST_AGE.labels(queue=summary.name).set(summary.oldest_age_seconds or 0.0)
+                families["kitty_dlq_depth"].add_metric([summary.name], summary.depth)
+                families["kitty_dlq_oldest_age_seconds"].add_metric(
+                    [summary.name], summary.oldest_age_seconds or 0.0
+                )
+        return families
 
-    def collect(self) -> Iterator[Any]:
-        """Refresh from the broker, then yield the gauges (only ``broker_up`` when it fails)."""
-        with self._lock:
-            try:
-                self.refresh()
-            except Exception as err:  # a scrape must answer, with up=0
-                logger.error("cannot read the broker for metrics: %s", err)
-                BROKER_UP.set(0)
-                yield from BROKER_UP.collect()
-                return
-            BROKER_UP.set(1)
-            for gauge in (BROKER_UP, QUEUE_DEPTH, QUEUE_CONSUMERS, DLQ_DEPTH, DLQ_OLDEST_AGE):
-                yield from gauge.collect()
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Read the broker, then yield the families (only ``broker_up`` = 0 when it fails)."""
+        up = _family("kitty_exporter_broker_up")
+        try:
+            families = self.read()
+        except Exception as err:  # a scrape must answer, with up=0
+            logger.error("cannot read the broker for metrics: %s", err)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families.values()
 
 
 def serve(

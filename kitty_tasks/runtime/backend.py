@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from celery._state import task_join_will_block
+from celery import signals
 from celery.backends.rpc import RPCBackend
 
 __all__ = ["RPC_BACKEND", "KittyRPCBackend", "result_backend_setting"]
@@ -26,13 +27,22 @@ class KittyRPCBackend(RPCBackend):  # type: ignore[misc]
     """
 
     def on_task_call(self, producer: Any, task_id: str) -> None:
-        if task_join_will_block():
+        if _IN_POOL_CHILD.is_set():
             return  # a prefork child: the worker declared the queue already (as Celery).
         try:
             self.binding(producer.channel).declare(nowait=True)
         except producer.connection.connection_errors:
             # Celery's own path: declared through connection.ensure, which reconnects.
             super().on_task_call(producer, task_id)
+
+
+#: Set in a prefork pool child; Celery's own test for this (``task_join_will_block``) is private.
+_IN_POOL_CHILD = threading.Event()
+
+
+@signals.worker_process_init.connect
+def _mark_pool_child(**_: Any) -> None:
+    _IN_POOL_CHILD.set()
 
 
 def result_backend_setting(url: str) -> str:

@@ -18,12 +18,12 @@ from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
 from kitty_tasks.runtime.application import app as default_app
 
-__all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue"]
+__all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
 
 #: The one Celery task that carries every facade submission: {task_type, data}.
 DISPATCH_TASK = "kitty.dispatch"
 
-Handler = Callable[["TaskContext"], Any]
+TaskHandler = Callable[["TaskContext"], Any]
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,13 @@ class TaskContext:
     queue: str
 
 
-def _builtin_handlers() -> dict[str, Handler]:
+def _builtin_handlers() -> dict[str, TaskHandler]:
     # The platform's own tasks answer to their guide names, so a plain
     # ``celery worker`` on research.tasks serves ``submit(task_type="research_paper")``.
-    from kitty_tasks.tasks.brain import brain_command
-    from kitty_tasks.tasks.cad import cad_generate
-    from kitty_tasks.tasks.research import research_paper
+    # Imported here: the task modules import the app, whose ``include`` loads this module.
+    from kitty_tasks.tasks.brain import brain_command  # noqa: PLC0415
+    from kitty_tasks.tasks.cad import cad_generate  # noqa: PLC0415
+    from kitty_tasks.tasks.research import research_paper  # noqa: PLC0415
 
     return {
         "research_paper": lambda task: research_paper.run(**task.data),
@@ -52,7 +53,7 @@ def _builtin_handlers() -> dict[str, Handler]:
     }
 
 
-def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
+def register_dispatch(app: Celery, handlers: dict[str, TaskHandler]) -> None:
     """Register the dispatch task on ``app``: ``handlers`` first, then the built-in tasks."""
 
     # Not shared: each app gets the dispatcher over its own handler registry.
@@ -75,7 +76,22 @@ def register_dispatch(app: Celery, handlers: dict[str, Handler]) -> None:
         return handler(context)
 
 
-def build_app(url: str, handlers: dict[str, Handler]) -> Celery:
+def worker_shape(prefetch_count: int | None, concurrency: int | None) -> tuple[int, int]:
+    """(threads, Celery prefetch multiplier) for ``start_worker``; ``ValueError`` if impossible."""
+    for name, value in (("prefetch_count", prefetch_count), ("concurrency", concurrency)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    threads = concurrency or prefetch_count or 1
+    prefetch = prefetch_count or threads
+    if prefetch % threads:
+        raise ValueError(
+            f"prefetch_count ({prefetch}) must be a multiple of concurrency ({threads}): "
+            "a Celery worker reserves concurrency x a whole prefetch multiplier"
+        )
+    return threads, prefetch // threads
+
+
+def build_app(url: str, handlers: dict[str, TaskHandler]) -> Celery:
     """A Celery app on ``url`` with the platform's settings and the dispatch task."""
     app = Celery("kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask")
     app.config_from_object("celeryconfig")
@@ -92,7 +108,7 @@ class TaskQueue:
             raise ValueError(f"unknown task queue {queue_name!r}; the topology has {TASK_QUEUES}")
         self.url = url or get_settings().rabbitmq_url
         self.queue = queue_name
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str, TaskHandler] = {}
         self.app = build_app(self.url, self._handlers)
         self._connection: Connection | None = None
 
@@ -167,19 +183,31 @@ class TaskQueue:
         """Wait for a submitted task's result (raises the task's error if it failed)."""
         return self.app.AsyncResult(task_id).get(timeout=timeout)
 
-    def register_handler(self, task_type: str, handler: Handler) -> None:
+    def register_handler(self, task_type: str, handler: TaskHandler) -> None:
         """Serve ``task_type`` with ``handler(task)``; its return value is the task's result."""
         if not callable(handler):
             raise TypeError(f"handler for {task_type!r} is not callable")
         self._handlers[task_type] = handler
 
-    def start_worker(self, prefetch_count: int = 1, *, hostname: str | None = None) -> None:
-        """Serve this queue with ``prefetch_count`` handler threads; blocks until SIGINT/SIGTERM."""
-        if prefetch_count < 1:
-            raise ValueError(f"prefetch_count must be >= 1, got {prefetch_count}")
+    def start_worker(
+        self,
+        prefetch_count: int | None = None,
+        *,
+        concurrency: int | None = None,
+        hostname: str | None = None,
+    ) -> None:
+        """Serve this queue until SIGINT/SIGTERM: ``concurrency`` handler threads.
+
+        ``prefetch_count`` is how many tasks the worker takes from the broker at once (the
+        guide's ``start_worker(prefetch_count=2)``): alone, it also sets the threads, so no
+        task waits in the worker behind another; with ``concurrency`` it must be a multiple
+        of it (Celery reserves ``concurrency`` x a whole multiplier).
+        """
+        threads, multiplier = worker_shape(prefetch_count, concurrency)
         worker = self.app.Worker(
             pool="threads",
-            concurrency=prefetch_count,
+            concurrency=threads,
+            prefetch_multiplier=multiplier,
             queues=[self.queue],
             hostname=hostname
             or f"taskqueue-{self.queue}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
