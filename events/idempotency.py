@@ -14,6 +14,7 @@ from typing import Any, Protocol, overload, runtime_checkable
 
 from events.envelope import Event
 from events.subscriptions import EventHandler
+from kitty_tasks.core.settings import get_settings
 
 __all__ = ["IdempotencyStore", "MemoryStore", "SQLiteStore", "idempotent"]
 
@@ -116,8 +117,6 @@ def default_store() -> SQLiteStore:
     global _default_store  # noqa: PLW0603 - one file per process, opened lazily
     with _default_lock:
         if _default_store is None:
-            from kitty_tasks.core.settings import get_settings
-
             _default_store = SQLiteStore(get_settings().idempotency_db)
         return _default_store
 

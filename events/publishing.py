@@ -25,6 +25,7 @@ from events.errors import (
 from events.routing import topic_matches
 from events.schemas import SchemaRegistry
 from kitty_tasks.core.connection import RECONNECT, safe_url, vhost_of
+from kitty_tasks.core.management import ManagementClient
 from kitty_tasks.core.metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE
 from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage, PublishResult
 from kitty_tasks.core.topology import EVENTS_EXCHANGE, TOPOLOGY
@@ -293,8 +294,6 @@ class PublisherPool:
 
     def _reject_publish_queues(self, event_type: str) -> list[tuple[str, int]]:
         """(queue, max length) of each reject-publish queue bound for ``event_type``."""
-        from kitty_tasks.core.management import ManagementClient
-
         found: list[tuple[str, int]] = []
         try:
             client = ManagementClient.from_urls(self.management_url, self.url)
