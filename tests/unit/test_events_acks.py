@@ -1,4 +1,4 @@
-"""Batched acks without a broker: AckBatch on a stub channel, a consumer on Kombu's memory transport."""
+"""Batched acks without a broker: AckBatch on a stub channel, a consumer on memory://."""
 
 from __future__ import annotations
 
