@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import amqp
 import pytest
 
@@ -41,9 +43,9 @@ def handle(
     retryable: bool = True,
 ) -> tuple[Outcome, RetryPlan | None]:
     """``policy``'s decision on a failed delivery on its ``attempt`` (no header: the first)."""
-    headers = {} if attempt is None else {H_ATTEMPT: attempt}
-    headers["trace-id"] = "t-1"
-    headers["x-death"] = [{"queue": QUEUE, "count": 1}]
+    headers: dict[str, Any] = {"trace-id": "t-1", "x-death": [{"queue": QUEUE, "count": 1}]}
+    if attempt is not None:
+        headers[H_ATTEMPT] = attempt
     message = delivery(
         BODY, channel=StubChannel(), headers=headers, message_id="m-1", correlation_id="c-1"
     )
