@@ -156,10 +156,10 @@ class SubscriptionConsumer(ConsumerMixin):  # type: ignore[misc]
 
         Kept, thin, because the gain is large (benchmarks/RESULTS.md, F6): Kombu's
         ``drain_events(timeout=...)`` sets and resets the socket timeout for every frame
-        and py-amqp reads each frame part with a ``recv`` of its own; nor can Kombu's loop
-        tell whether more frames wait, so it acks before every wait. Re-measured for issue 10 (20k
-        events, prefetch 500, no-op handler): 50-56 us CPU an event here, 95-100 us with
-        Kombu's loop and the same hooks.
+        and py-amqp reads each frame part with a ``recv`` of its own; nor can Kombu's
+        loop tell whether more frames wait, so it acks before every wait. Re-measured for
+        issue 10 (20k events, prefetch 500, no-op handler): 50-56 us CPU an event here,
+        95-100 us with Kombu's loop and the same hooks.
         """
         raw = conn.connection
         transport = raw.transport
