@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from events.bus import EventBus, Handler, Subscription
+from events.bus import EventBus
 from events.envelope import Event
 from events.errors import (
+    BrokerUnavailable,
     ConfigurationError,
     DecodeError,
     EventError,
@@ -21,14 +22,16 @@ from events.errors import (
 )
 from events.idempotency import IdempotencyStore, MemoryStore, SQLiteStore, idempotent
 from events.schemas import SchemaRegistry, default_registry, register_schema
+from events.subscriptions import EventHandler, Subscription
 
 __all__ = [
+    "BrokerUnavailable",
     "ConfigurationError",
     "DecodeError",
     "Event",
     "EventBus",
     "EventError",
-    "Handler",
+    "EventHandler",
     "IdempotencyStore",
     "InvalidEvent",
     "MemoryStore",

@@ -2,65 +2,48 @@
 
 from __future__ import annotations
 
-import contextvars
-import functools
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 from kombu.connection import Connection
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from events.connection import open_connection
-from events.consumer import SubscriptionConsumer
-from events.envelope import Event, validation_summary
-from events.errors import (
-    ConfigurationError,
-    DecodeError,
-    InvalidEvent,
-    NotConnected,
-    SchemaError,
-)
-from events.failures import NON_RETRYABLE, dead_letter, retry
+from events.consuming import ConsumerThreads
+from events.delivery import EventDelivery, current_event
+from events.envelope import Event
+from events.errors import ConfigurationError, InvalidEvent, NotConnected
 from events.publishing import (
     DEFAULT_POOL_LIMIT,
     NOT_CONNECTED,
     PublisherPool,
+    build_event,
     caller_properties,
     encode,
 )
 from events.routing import check_pattern
 from events.schemas import SchemaRegistry, default_registry
-from kitty_tasks.core.declarer import apply_topology
-from kitty_tasks.core.metrics import EVENTS_CONSUMED, serve_metrics
+from events.subscriptions import (
+    EventHandler,
+    Subscription,
+    check_queue_name,
+    check_subscription,
+    declare_subscription,
+    subscription_topology,
+)
+from kitty_tasks.core.connection import open_connection
+from kitty_tasks.core.failure import FailurePolicy
+from kitty_tasks.core.metrics import serve_metrics
 from kitty_tasks.core.publisher import OutgoingMessage
 from kitty_tasks.core.settings import Settings, get_settings
 from kitty_tasks.core.shutdown import stop_on_signals
-from kitty_tasks.core.topology import (
-    DELAY_PREFIX,
-    DLX_EXCHANGE,
-    DLX_QUEUE,
-    DLX_UNROUTED_EXCHANGE,
-    EVENTS_EXCHANGE,
-    H_ATTEMPT,
-    TOPOLOGY,
-    Binding,
-    QueueSpec,
-    Topology,
-    dead_letter_arguments,
-    dlq_name,
-    subscriber_queue_name,
-)
+from kitty_tasks.core.topology import Topology, subscriber_queue_name
 
-__all__ = ["ANONYMOUS_SOURCE", "NON_RETRYABLE", "EventBus", "Handler", "Subscription"]
+__all__ = ["ANONYMOUS_SOURCE", "DEFAULT_PREFETCH", "EventBus"]
 
 logger = logging.getLogger(__name__)
-
-Handler = Callable[[Event], Any]
 
 #: Events a subscriber may hold unacked at once (per subscription). Handlers run one at a
 #: time, so prefetch x the slowest handler's time must stay well under the broker's
@@ -68,59 +51,6 @@ Handler = Callable[[Event], Any]
 DEFAULT_PREFETCH = 100
 #: Source of events published by a bus built without one.
 ANONYMOUS_SOURCE = "unknown-service"
-
-#: The event a handler is working on, so events it publishes carry causation and correlation.
-_current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
-    "kitty_current_event", default=None
-)
-
-
-@dataclass
-class Subscription:
-    """One ``subscribe`` call: which pattern, which handler, consumed from which queue."""
-
-    pattern: str
-    handler: Handler
-    queue: str
-    prefetch_count: int
-    topology: Topology = field(repr=False)
-
-    @property
-    def dead_letter_queue(self) -> str:
-        """Where this subscription's failed events end up."""
-        return dlq_name(self.queue)
-
-
-def _ladder_topology() -> Topology:
-    """The exchanges and queues retries and dead letters need: dlx and the delay buckets."""
-    delay = tuple(e for e in TOPOLOGY.exchanges if e.name.startswith(DELAY_PREFIX))
-    exchanges = (
-        TOPOLOGY.exchange(EVENTS_EXCHANGE),
-        TOPOLOGY.exchange(DLX_UNROUTED_EXCHANGE),
-        TOPOLOGY.exchange(DLX_EXCHANGE),
-        *delay,
-    )
-    delay_names = {e.name for e in delay}
-    queues = (
-        TOPOLOGY.queue(DLX_QUEUE),
-        *(q for q in TOPOLOGY.queues if q.name in delay_names),
-    )
-    return Topology(exchanges, queues)
-
-
-def _subscription_topology(queue: str, pattern: str | None) -> Topology:
-    """The queue (with its DLX wiring and DLQ) and the binding a subscription needs."""
-    extra = () if pattern is None else (Binding(EVENTS_EXCHANGE, pattern),)
-    try:
-        known = TOPOLOGY.queue(queue)
-    except KeyError:
-        spec = QueueSpec(queue, dead_letter_arguments(queue), extra)
-    else:
-        # A queue of the guide keeps its own arguments (declaring others would be refused).
-        added = tuple(b for b in extra if b not in known.bindings)
-        spec = QueueSpec(known.name, known.arguments, (*known.bindings, *added), known.durable)
-    dead_letters = QueueSpec(dlq_name(queue), {}, (Binding(DLX_EXCHANGE, queue),))
-    return Topology((), (spec, dead_letters))
 
 
 class EventBus:
@@ -179,9 +109,7 @@ class EventBus:
         self._connection: Connection | None = None
         self._pool: PublisherPool | None = None
         self._subscriptions: dict[str, Subscription] = {}
-        self._consumers: list[SubscriptionConsumer] = []
-        self._threads: list[threading.Thread] = []
-        self._stopping = threading.Event()
+        self._threads = ConsumerThreads(self._delivery, declare=declare)
         self._lock = threading.RLock()
         self._ladder_declared = False
 
@@ -248,29 +176,23 @@ class EventBus:
         """Build (and validate) the event ``publish`` would send, without sending it."""
         if isinstance(data, BaseModel):
             data = data.model_dump(mode="json")
-        current = _current_event.get()
+        current = current_event.get()
         if current is not None:
             # Published while handling another event: same conversation, caused by it.
             correlation_id = correlation_id or current.correlation_id or current.event_id
             causation_id = causation_id or current.event_id
             traceparent = traceparent or current.traceparent
-        fields: dict[str, Any] = {
-            "event_type": event_type,
-            "data": {} if data is None else data,
-            "source": self.source,
-            "correlation_id": correlation_id,
-            "causation_id": causation_id,
-            "traceparent": traceparent,
-            "version": version or self.registry.latest(event_type) or 1,
-        }
-        if event_id is not None:
-            fields["event_id"] = event_id
-        try:
-            event = Event(**fields)
-        except ValidationError as err:
-            raise InvalidEvent(f"invalid event {event_type!r}: {validation_summary(err)}") from err
-        self.registry.validate_outgoing(event)
-        return event
+        return build_event(
+            event_type,
+            {} if data is None else data,
+            source=self.source,
+            version=version or self.registry.latest(event_type) or 1,
+            registry=self.registry,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            traceparent=traceparent,
+            event_id=event_id,
+        )
 
     def publish(
         self,
@@ -356,7 +278,7 @@ class EventBus:
     def subscribe(
         self,
         pattern: str,
-        handler: Handler,
+        handler: EventHandler,
         queue: str | None = None,
         *,
         prefetch_count: int | None = None,
@@ -368,12 +290,7 @@ class EventBus:
         is declared at once when the bus is connected, so events published from
         now on wait for this subscriber.
         """
-        try:
-            check_pattern(pattern)
-        except ValueError as err:
-            raise ConfigurationError(str(err)) from err
-        if not callable(handler):
-            raise ConfigurationError(f"handler must be callable, got {handler!r}")
+        check_subscription(pattern, handler)
         if queue is None:
             if not self._explicit_source:
                 raise ConfigurationError(
@@ -381,8 +298,7 @@ class EventBus:
                     "build the bus with EventBus(url, source='my-service')"
                 )
             queue = subscriber_queue_name(self.source, pattern)
-        if not isinstance(queue, str) or not queue or len(queue.encode()) > 255:
-            raise ConfigurationError(f"queue must be a non-empty name under 256 bytes: {queue!r}")
+        queue = check_queue_name(queue)
         with self._lock:
             if queue in self._subscriptions:
                 raise ConfigurationError(
@@ -394,7 +310,7 @@ class EventBus:
                 handler,
                 queue,
                 prefetch_count or self.prefetch_count,
-                _subscription_topology(queue, pattern),
+                subscription_topology(queue, pattern),
             )
             if self._connection is not None and self.declare:
                 with self._publisher_pool().acquire() as connection:
@@ -409,12 +325,7 @@ class EventBus:
         """
         if pattern is not None:
             check_pattern(pattern)
-        topology = _subscription_topology(name, pattern)
-        if not durable:
-            queue, dead = topology.queues
-            topology = Topology(
-                (), (QueueSpec(queue.name, queue.arguments, queue.bindings, False), dead)
-            )
+        topology = subscription_topology(name, pattern, durable=durable)
         with self._publisher_pool().acquire() as connection:
             self._declare(connection, topology)
         return name
@@ -425,16 +336,8 @@ class EventBus:
         return tuple(self._subscriptions.values())
 
     def _declare(self, connection: Connection, topology: Topology) -> None:
-        try:
-            if not self._ladder_declared:
-                apply_topology(connection, _ladder_topology())
-                self._ladder_declared = True
-            apply_topology(connection, topology)
-        except connection.channel_errors as err:
-            names = ", ".join(q.name for q in topology.queues)
-            raise ConfigurationError(
-                f"cannot declare {names}: {err} (a queue of that name exists with other arguments?)"
-            ) from err
+        declare_subscription(connection, topology, with_ladder=not self._ladder_declared)
+        self._ladder_declared = True
 
     def start_consuming(self, *, block: bool = True) -> None:
         """Run every subscription, each on its own thread and connection.
@@ -447,17 +350,7 @@ class EventBus:
             raise NotConnected("call bus.connect() before start_consuming()")
         if not self._subscriptions:
             raise ConfigurationError("nothing to consume: call subscribe() first")
-        with self._lock:
-            if any(t.is_alive() for t in self._threads):
-                raise ConfigurationError("this bus is already consuming")
-            self._stopping.clear()
-            self._consumers = [self._consumer(connection, s) for s in self._subscriptions.values()]
-            self._threads = [
-                threading.Thread(target=c.run_forever, name=f"events:{c.queue}", daemon=True)
-                for c in self._consumers
-            ]
-            for thread in self._threads:
-                thread.start()
+        self._threads.start(connection, self.subscriptions)
         if self.metrics_port is not None:
             serve_metrics(self.metrics_port)
         if not block:
@@ -465,37 +358,16 @@ class EventBus:
         # Wait on the stop event, never in Thread.join: on Python 3.11 a Ctrl-C that lands
         # inside join() can mark a still-running thread as stopped (the bpo-45274 fix),
         # after which stop() would not wait for its event in hand.
-        with stop_on_signals(self._request_stop):
-            while not self._stopping.wait(0.2):
-                if not any(t.is_alive() for t in self._threads):
+        with stop_on_signals(self._threads.request_stop):
+            while not self._threads.stopping.wait(0.2):
+                if not self._threads.running:
                     return
         logger.info("stopping; finishing the events in hand")
         self.stop()
 
-    def _request_stop(self) -> None:
-        """Flag every consumer to stop after its event in hand; returns at once."""
-        self._stopping.set()
-        for consumer in list(self._consumers):
-            consumer.should_stop = True
-
-    def _consumer(self, connection: Connection, subscription: Subscription) -> SubscriptionConsumer:
-        topologies = (_ladder_topology(), subscription.topology) if self.declare else ()
-        return SubscriptionConsumer(
-            connection,
-            queue=subscription.queue,
-            prefetch_count=subscription.prefetch_count,
-            process=functools.partial(self._process, subscription),
-            topologies=topologies,
-            stopping=self._stopping,
-        )
-
     def wait_until_consuming(self, timeout: float = 10.0) -> bool:
         """Wait until every subscription has a consumer on the broker; False on timeout."""
-        deadline = time.monotonic() + timeout
-        for consumer in list(self._consumers):
-            if not consumer.ready.wait(max(0.0, deadline - time.monotonic())):
-                return False
-        return bool(self._consumers)
+        return self._threads.wait_until_consuming(timeout)
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Stop consuming: each handler finishes (and acks) its event in hand, then returns.
@@ -503,95 +375,20 @@ class EventBus:
         Callable from another thread, a handler, or a signal handler; waits for the
         consumer threads unless called from one of them.
         """
-        self._request_stop()
-        current = threading.current_thread()
-        for thread in list(self._threads):
-            if thread is not current and thread.is_alive():
-                thread.join(timeout)
+        self._threads.stop(timeout)
 
-    # -- processing a delivery (runs on a subscription's thread) ------------------------------
-
-    def _process(
-        self, subscription: Subscription, message: Any, acknowledge: Callable[[Any], None]
-    ) -> None:
-        """Decode, validate and handle one delivery, then ``acknowledge(message)``."""
-        headers = dict(message.headers or {})
-        attempt = _int(headers.get(H_ATTEMPT), 1)
-        queue = subscription.queue
-        try:
-            event = Event.decode(
-                message.body,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-            )
-            self.registry.validate_incoming(event, require=self.require_schemas)
-        except (DecodeError, SchemaError) as err:
-            event_type = str(message.properties.get("type") or "unknown")
-            dead_letter(
-                self._publish_copies,
-                message,
-                queue=queue,
-                exc=err,
-                attempts=attempt,
-                headers=headers,
-                event_type=event_type,
-            )
-            acknowledge(message)
-            return
-        token = _current_event.set(event)
-        try:
-            subscription.handler(event)
-        except Exception as exc:
-            retryable = not isinstance(exc, NON_RETRYABLE) and attempt <= self.max_retries
-            if retryable:
-                retry(
-                    self._publish_copies,
-                    message,
-                    queue=queue,
-                    exc=exc,
-                    attempt=attempt,
-                    max_retries=self.max_retries,
-                    backoff_base=self.retry_backoff_base,
-                    backoff_max=self.retry_backoff_max,
-                    headers=headers,
-                    event=event,
-                    handler=subscription.handler,
-                )
-            else:
-                dead_letter(
-                    self._publish_copies,
-                    message,
-                    queue=queue,
-                    exc=exc,
-                    attempts=attempt,
-                    headers=headers,
-                    event_type=event.event_type,
-                )
-            acknowledge(message)
-            return
-        finally:
-            _current_event.reset(token)
-        acknowledge(message)
-        _consumed_counter(event.event_type, queue).inc()
-
-
-#: EVENTS_CONSUMED's child per (event type, queue): ``labels()`` costs more than a dict lookup.
-_CONSUMED: dict[tuple[str, str], Any] = {}
-
-
-def _consumed_counter(event_type: str, queue: str) -> Any:
-    counter = _CONSUMED.get((event_type, queue))
-    if counter is None:
-        counter = EVENTS_CONSUMED.labels(event_type, queue)
-        if len(_CONSUMED) < 10_000:
-            _CONSUMED[(event_type, queue)] = counter
-    return counter
-
-
-def _int(value: object, default: int) -> int:
-    if isinstance(value, (int, str, bytes)):
-        try:
-            return int(value)
-        except ValueError:
-            return default
-    return default
+    def _delivery(self, subscription: Subscription) -> EventDelivery:
+        """How ``subscription``'s deliveries are handled, retried and dead-lettered."""
+        policy = FailurePolicy(
+            self._publish_copies,
+            max_retries=self.max_retries,
+            backoff_base=self.retry_backoff_base,
+            backoff_max=self.retry_backoff_max,
+        )
+        return EventDelivery(
+            subscription.queue,
+            subscription.handler,
+            self.registry,
+            policy,
+            require_schemas=self.require_schemas,
+        )

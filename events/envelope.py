@@ -7,7 +7,7 @@ import math
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from pydantic import (
     BaseModel,
@@ -18,10 +18,9 @@ from pydantic import (
     field_validator,
 )
 
-from events.errors import DecodeError, SchemaError
-
-if TYPE_CHECKING:
-    from events.schemas import SchemaRegistry
+from events.errors import DecodeError, SchemaError, validation_summary
+from events.routing import EVENT_TYPE_PATTERN, check_event_type
+from events.schemas import SchemaRegistry, default_registry
 
 __all__ = [
     "CONTENT_TYPE",
@@ -36,29 +35,12 @@ __all__ = [
 #: The only body format: JSON, UTF-8. Pickle and friends are refused on receipt.
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
-#: Lower-case dotted words, e.g. ``fabrication.print.started`` (service.entity.action).
-#: One or two words are accepted too, because the KITT guide publishes ``event.type``.
-EVENT_TYPE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
-#: AMQP routing keys are short strings: at most 255 bytes.
-MAX_EVENT_TYPE_LENGTH = 255
 #: W3C trace context: version-traceid-parentid-flags.
 TRACEPARENT_PATTERN = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 #: AMQP header carrying the W3C trace context, so that tracers need not parse the body.
 TRACEPARENT_HEADER = "traceparent"
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def check_event_type(event_type: object) -> str:
-    """Return ``event_type`` if it is a valid dotted lower-case name, else raise ``ValueError``."""
-    if not isinstance(event_type, str):
-        raise ValueError(f"event_type must be a str, got {type(event_type).__name__}")
-    if len(event_type.encode()) > MAX_EVENT_TYPE_LENGTH or not EVENT_TYPE_PATTERN.match(event_type):
-        raise ValueError(
-            f"event_type {event_type!r} is not a lower-case dotted name like "
-            "'service.entity.action' (letters, digits, '_' and '-'; no wildcards, no empty words)"
-        )
-    return event_type
 
 
 def _json_value(value: Any, path: str) -> Any:
@@ -222,8 +204,6 @@ class Event(BaseModel):
     ) -> BaseModel:
         """``data`` as ``model`` (default: the schema registered for this type and version)."""
         if model is None:
-            from events.schemas import default_registry
-
             model = (registry or default_registry).model_for(self.event_type, self.version)
             if model is None:
                 raise SchemaError(
@@ -237,13 +217,3 @@ class Event(BaseModel):
                 f"data of {self.event_type!r} v{self.version} does not match "
                 f"{model.__name__}: {validation_summary(err)}"
             ) from err
-
-
-def validation_summary(err: ValidationError) -> str:
-    """A one-line account of a pydantic error: ``field: message; ...``."""
-    parts = []
-    for item in err.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"]) or "(root)"
-        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
-    more = err.error_count() - len(parts)
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -1,9 +1,14 @@
-"""Exceptions of the event bus; publishing errors are the platform's, re-exported here."""
+"""Exceptions of the event bus; the platform's own (publishing, setup) are re-exported here."""
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from kitty_tasks.core.errors import (
+    BrokerUnavailable,
+    ConfigurationError,
     KittyError,
+    NotConnected,
     PayloadTooLarge,
     Permanent,
     PublishError,
@@ -13,6 +18,7 @@ from kitty_tasks.core.errors import (
 )
 
 __all__ = [
+    "BrokerUnavailable",
     "ConfigurationError",
     "DecodeError",
     "EventError",
@@ -26,11 +32,12 @@ __all__ = [
     "SchemaError",
     "UnreadableVersion",
     "Unroutable",
+    "validation_summary",
 ]
 
 
 class EventError(KittyError):
-    """Base class of the errors the event bus raises itself."""
+    """Base class of the errors only the event bus raises."""
 
 
 class InvalidEvent(EventError, ValueError):
@@ -49,9 +56,11 @@ class UnreadableVersion(SchemaError):
     """No registered schema can read this version of the event."""
 
 
-class NotConnected(EventError, RuntimeError):
-    """The bus was used before ``connect()`` (or after ``disconnect()``)."""
-
-
-class ConfigurationError(EventError, ValueError):
-    """A subscription or bus setting is wrong; raised at setup, not at the first message."""
+def validation_summary(err: ValidationError) -> str:
+    """A one-line account of a pydantic error: ``field: message; ...``."""
+    parts = []
+    for item in err.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    more = err.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol, overload, runtime_checkable
 
 from events.envelope import Event
+from events.subscriptions import EventHandler
+from kitty_tasks.core.settings import get_settings
 
 __all__ = ["IdempotencyStore", "MemoryStore", "SQLiteStore", "idempotent"]
 
@@ -22,8 +24,6 @@ LOG_DUPLICATE = "event %s (%s) already handled by %s; skipped"
 
 #: Locks striped by key: one handler never runs twice at once for an event in this process.
 _STRIPES = 64
-
-Handler = Callable[[Event], Any]
 
 
 @runtime_checkable
@@ -117,8 +117,6 @@ def default_store() -> SQLiteStore:
     global _default_store  # noqa: PLW0603 - one file per process, opened lazily
     with _default_lock:
         if _default_store is None:
-            from kitty_tasks.core.settings import get_settings
-
             _default_store = SQLiteStore(get_settings().idempotency_db)
         return _default_store
 
@@ -129,7 +127,7 @@ def _handler_key(handler: Callable[..., Any]) -> str:
     return f"{module}.{name}"
 
 
-def _wrap(handler: Handler, store: IdempotencyStore | None, key: str | None) -> Handler:
+def _wrap(handler: EventHandler, store: IdempotencyStore | None, key: str | None) -> EventHandler:
     if not callable(handler):
         raise TypeError(f"idempotent() needs a callable handler, got {handler!r}")
     if store is not None and not isinstance(store, IdempotencyStore):
@@ -155,22 +153,22 @@ def _wrap(handler: Handler, store: IdempotencyStore | None, key: str | None) -> 
 
 @overload
 def idempotent(
-    handler: Handler, *, store: IdempotencyStore | None = ..., key: str | None = ...
-) -> Handler: ...
+    handler: EventHandler, *, store: IdempotencyStore | None = ..., key: str | None = ...
+) -> EventHandler: ...
 
 
 @overload
 def idempotent(
     handler: None = None, *, store: IdempotencyStore | None = ..., key: str | None = ...
-) -> Callable[[Handler], Handler]: ...
+) -> Callable[[EventHandler], EventHandler]: ...
 
 
 def idempotent(
-    handler: Handler | None = None,
+    handler: EventHandler | None = None,
     *,
     store: IdempotencyStore | None = None,
     key: str | None = None,
-) -> Handler | Callable[[Handler], Handler]:
+) -> EventHandler | Callable[[EventHandler], EventHandler]:
     """Run ``handler`` at most once per ``event_id`` (per handler ``key``, default its name).
 
     Use as ``@idempotent``, ``@idempotent(store=MemoryStore())`` or
@@ -182,7 +180,7 @@ def idempotent(
     if handler is not None:
         return _wrap(handler, store, key)
 
-    def decorate(fn: Handler) -> Handler:
+    def decorate(fn: EventHandler) -> EventHandler:
         return _wrap(fn, store, key)
 
     return decorate

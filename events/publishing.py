@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 
-from events.connection import RECONNECT_MAX, RECONNECT_START, RECONNECT_STEP, safe_url
 from events.envelope import Event
-from events.errors import InvalidEvent, NotConnected, PayloadTooLarge, PublishError, PublishRejected
+from events.errors import (
+    InvalidEvent,
+    NotConnected,
+    PayloadTooLarge,
+    PublishError,
+    PublishRejected,
+    validation_summary,
+)
 from events.routing import topic_matches
-from kitty_tasks.core.connection import vhost_of
+from events.schemas import SchemaRegistry
+from kitty_tasks.core.connection import RECONNECT, safe_url, vhost_of
+from kitty_tasks.core.management import ManagementClient
 from kitty_tasks.core.metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE
 from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage, PublishResult
 from kitty_tasks.core.topology import EVENTS_EXCHANGE, TOPOLOGY
@@ -26,6 +35,7 @@ __all__ = [
     "NOT_CONNECTED",
     "PUBLISH_RETRIES",
     "PublisherPool",
+    "build_event",
     "caller_properties",
     "encode",
 ]
@@ -34,14 +44,14 @@ logger = logging.getLogger(__name__)
 
 #: Pooled connections for publishing; a thread holds one only while it publishes.
 DEFAULT_POOL_LIMIT = 8
-#: Times a publish is tried again after the connection broke under it.
+#: Times a publish is tried again after the connection broke under it (so 4 tries in all).
 PUBLISH_RETRIES = 3
 #: Properties a caller may set through ``publish(properties=...)``; the envelope owns the rest.
 _CALLER_PROPERTIES = ("delivery_mode", "priority", "expiration", "reply_to", "headers")
 
 NOT_CONNECTED = "the EventBus is not connected: call bus.connect() or use `with EventBus(...)`"
 LOG_UNROUTABLE = "%d event(s) of type %s had no queue bound (allow_unroutable): %s"
-LOG_PUBLISH_RETRY = "publish failed on a broken connection (%r); retry %d of %d in %.1fs"
+LOG_PUBLISH_RETRY = "publish failed on a broken connection (%r); reconnecting in %.1fs"
 
 
 def caller_properties(properties: object) -> dict[str, Any]:
@@ -86,6 +96,38 @@ def caller_properties(properties: object) -> dict[str, Any]:
         else:
             result[name] = value
     return result
+
+
+def build_event(
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    version: int,
+    registry: SchemaRegistry,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    traceparent: str | None = None,
+    event_id: str | None = None,
+) -> Event:
+    """A new event, checked against its schema; ``InvalidEvent`` says what is wrong."""
+    fields: dict[str, Any] = {
+        "event_type": event_type,
+        "data": data,
+        "source": source,
+        "correlation_id": correlation_id,
+        "causation_id": causation_id,
+        "traceparent": traceparent,
+        "version": version,
+    }
+    if event_id is not None:
+        fields["event_id"] = event_id
+    try:
+        event = Event(**fields)
+    except ValidationError as err:
+        raise InvalidEvent(f"invalid event {event_type!r}: {validation_summary(err)}") from err
+    registry.validate_outgoing(event)
+    return event
 
 
 def encode(event: Event, extra: Mapping[str, Any], *, max_bytes: int) -> OutgoingMessage:
@@ -176,34 +218,52 @@ class PublisherPool:
     def publish(
         self, messages: Sequence[OutgoingMessage], *, allow_unroutable: bool, timeout: float
     ) -> PublishResult:
-        """Publish on a pooled connection, retrying on a broken connection with backoff."""
-        attempt = 0
-        while True:
-            with self.acquire() as connection:
-                publisher = self._publisher(connection, timeout)
+        """Publish on a pooled connection; a broken connection is replaced and the batch re-sent.
+
+        Kombu's ``ensure`` reconnects with the platform's backoff, ``PUBLISH_RETRIES`` times
+        at most; then ``PublishError``.
+        """
+        with self.acquire() as connection:
+
+            def publish_batch() -> PublishResult | PublishError:
                 try:
-                    return publisher.publish_batch(
+                    return self._publisher(connection, timeout).publish_batch(
                         messages, allow_unroutable=allow_unroutable, timeout=timeout
                     )
-                except PublishError:
-                    raise
-                except (OperationalError, *connection.connection_errors) as err:
-                    publisher.close()
-                    connection.collect()
-                    if attempt == PUBLISH_RETRIES:
-                        raise PublishError(
-                            f"could not publish to {safe_url(self.url)} after "
-                            f"{PUBLISH_RETRIES + 1} tries: {err!r}"
-                        ) from err
-                    delay = min(RECONNECT_MAX, RECONNECT_START + RECONNECT_STEP * attempt)
-                    logger.warning(LOG_PUBLISH_RETRY, err, attempt + 1, PUBLISH_RETRIES, delay)
-                except connection.channel_errors as err:
-                    publisher.close()
-                    raise PublishError(
-                        f"broker refused the publish: {err} (is the topology applied?)"
-                    ) from err
-            time.sleep(delay)
-            attempt += 1
+                except PublishError as err:
+                    # Returned, not raised: ensure() would retry a PublishTimeout (an OSError).
+                    return err
+
+            ensured = connection.ensure(
+                _OnRevive(functools.partial(self._forget, connection)),
+                publish_batch,
+                errback=_log_publish_retry,
+                max_retries=PUBLISH_RETRIES,
+                **RECONNECT,
+            )
+            try:
+                outcome = ensured()
+            except (OperationalError, *connection.connection_errors) as err:
+                self._forget(connection)
+                connection.collect()
+                raise PublishError(
+                    f"could not publish to {safe_url(self.url)} after "
+                    f"{PUBLISH_RETRIES + 1} tries: {err!r}"
+                ) from err
+            except connection.channel_errors as err:
+                self._forget(connection)
+                raise PublishError(
+                    f"broker refused the publish: {err} (is the topology applied?)"
+                ) from err
+        if isinstance(outcome, PublishError):
+            raise outcome
+        return cast(PublishResult, outcome)
+
+    def _forget(self, connection: Connection) -> None:
+        """Close ``connection``'s publisher; its next publish opens a new confirm channel."""
+        publisher = self._publishers.pop(connection, None)
+        if publisher is not None:
+            publisher.close()
 
     def _publisher(self, connection: Connection, timeout: float) -> ConfirmedPublisher:
         # One confirm channel per pooled connection; a connection is used by one thread at a time.
@@ -234,8 +294,6 @@ class PublisherPool:
 
     def _reject_publish_queues(self, event_type: str) -> list[tuple[str, int]]:
         """(queue, max length) of each reject-publish queue bound for ``event_type``."""
-        from kitty_tasks.core.management import ManagementClient
-
         found: list[tuple[str, int]] = []
         try:
             client = ManagementClient.from_urls(self.management_url, self.url)
@@ -264,3 +322,18 @@ class PublisherPool:
                 ):
                     found.append((spec.name, int(arguments["x-max-length"])))
         return sorted(set(found))
+
+
+class _OnRevive:
+    """The object Kombu's ``ensure`` revives after a reconnect: calls ``revived()``."""
+
+    def __init__(self, revived: Callable[[], None]) -> None:
+        self.revived = revived
+
+    def revive(self, channel: object) -> None:
+        """Called with the new connection's default channel (unused: publishers open their own)."""
+        self.revived()
+
+
+def _log_publish_retry(exc: BaseException, interval: float) -> None:
+    logger.warning(LOG_PUBLISH_RETRY, exc, interval)

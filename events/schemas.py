@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import threading
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
 
-from events.envelope import Event, check_event_type, validation_summary
-from events.errors import SchemaError, UnreadableVersion
+from events.errors import SchemaError, UnreadableVersion, validation_summary
+from events.routing import check_event_type
 
-__all__ = ["SchemaRegistry", "default_registry", "register_schema"]
+__all__ = ["SchemaRegistry", "VersionedData", "default_registry", "register_schema"]
+
+
+class VersionedData(Protocol):
+    """What the registry reads of an event (``events.Event`` is one): type, version, data."""
+
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def data(self) -> dict[str, Any]: ...
 
 
 class SchemaRegistry:
@@ -79,7 +93,7 @@ class SchemaRegistry:
             older = [v for v in models if v < version]
             return models[max(older)] if older else None
 
-    def validate_outgoing(self, event: Event) -> None:
+    def validate_outgoing(self, event: VersionedData) -> None:
         """Raise ``SchemaError`` unless ``event.data`` matches its own version's model."""
         versions = self.versions(event.event_type)
         if not versions:
@@ -93,7 +107,7 @@ class SchemaRegistry:
             )
         self._validate(event, model)
 
-    def validate_incoming(self, event: Event, *, require: bool = False) -> None:
+    def validate_incoming(self, event: VersionedData, *, require: bool = False) -> None:
         """Raise ``SchemaError``/``UnreadableVersion`` unless this consumer can read ``event``."""
         versions = self.versions(event.event_type)
         if not versions:
@@ -118,7 +132,7 @@ class SchemaRegistry:
         self._validate(event, model)
 
     @staticmethod
-    def _validate(event: Event, model: type[BaseModel]) -> None:
+    def _validate(event: VersionedData, model: type[BaseModel]) -> None:
         try:
             model.model_validate(event.data)
         except ValidationError as err:

@@ -20,6 +20,7 @@ from kitty_tasks.core.topology import (
     H_LAST_FAILURE,
     H_ORIGINAL_QUEUE,
     H_TRACEBACK,
+    delay_exchange_name,
     dlq_name,
 )
 from tests.helpers import queue_counts
@@ -216,3 +217,29 @@ def test_dead_letters_of_a_guide_queue_land_in_its_own_dlq(amqp_url: str) -> Non
         dead = drain_until(amqp_url, "notifications.dlq", 1)
     assert json.loads(dead[0].body)["event_id"] == event.event_id
     assert dead[0].headers[H_ORIGINAL_QUEUE] == "notifications"
+
+
+def test_a_copy_the_broker_refuses_rejects_the_event_into_its_dlq_instead_of_looping(
+    ops_url: str,
+) -> None:
+    # Given a subscriber (in a vhost of its own) whose retry bucket has gone missing
+    failing = Collector(fail_times=1000)
+    bus = EventBus(
+        ops_url, source=unique("no-ladder"), retry_backoff_base=FAST_BACKOFF, declare=False
+    )
+    bus.connect()
+    subscription = bus.subscribe("fabrication.print.stuck", failing)
+    bus.declare_queue(subscription.queue, pattern="fabrication.print.stuck")
+    with Connection(ops_url) as connection:
+        connection.default_channel.exchange_delete(delay_exchange_name(1))
+    # When its handler fails, so that the retry copy cannot be published
+    with consuming(bus), EventBus(ops_url, source="fabrication-service") as publisher:
+        event = publisher.publish("fabrication.print.stuck", {"job_id": "j"})
+        dead = drain_until(ops_url, subscription.dead_letter_queue, 1)
+    # Then the original was rejected without requeue: the broker dead-lettered it (x-death),
+    # the handler ran once, and nothing is left in the queue
+    assert failing.ids == [event.event_id]
+    assert Event.decode(dead[0].body) == event
+    assert dead[0].headers["x-death"][0]["reason"] == "rejected"
+    assert dead[0].headers["x-death"][0]["queue"] == subscription.queue
+    assert queue_counts(ops_url, subscription.queue)[0] == 0

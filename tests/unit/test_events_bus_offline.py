@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pika
 import pytest
+from kombu import Connection
 
 from events import (
     ConfigurationError,
@@ -13,11 +15,14 @@ from events import (
     InvalidEvent,
     NotConnected,
     PayloadTooLarge,
+    PublishError,
     SchemaError,
     SchemaRegistry,
 )
-from events.publishing import caller_properties
+from events.publishing import PUBLISH_RETRIES, PublisherPool, caller_properties
 from events.routing import check_pattern, topic_matches
+from kitty_tasks.core import errors as core_errors
+from kitty_tasks.core.publisher import OutgoingMessage
 from kitty_tasks.core.settings import Settings
 
 URL = "amqp://guest:guest@127.0.0.1:1//"  # nothing listens: any I/O would fail loudly
@@ -153,3 +158,26 @@ def test_check_pattern() -> None:
     assert check_pattern("fabrication.*.#") == "fabrication.*.#"
     with pytest.raises(ValueError, match="not a topic pattern"):
         check_pattern("fabrication..#")
+
+
+def test_a_publish_whose_connection_cannot_be_remade_gives_up_with_publish_error() -> None:
+    # Given a publisher pool whose broker is gone (nothing listens at URL)
+    pool = PublisherPool(Connection(URL), limit=1, url=URL, management_url="http://127.0.0.1:1")
+    message = OutgoingMessage(b"{}", "kitty.events", "fabrication.print.started")
+    # When an event is published, Then it is retried a bounded number of times with the
+    # reconnect backoff, then PublishError names the broker without its password
+    started = time.monotonic()
+    with pytest.raises(PublishError, match=rf"127\.0\.0\.1:1//? after {PUBLISH_RETRIES + 1} tries"):
+        pool.publish([message], allow_unroutable=False, timeout=1.0)
+    assert time.monotonic() - started < 15
+    pool.close()
+
+
+def test_the_bus_raises_the_platforms_own_configuration_and_connection_errors() -> None:
+    # Catching the core's errors catches the bus's: there is one of each
+    with pytest.raises(core_errors.ConfigurationError):
+        EventBus(URL, source="")
+    with pytest.raises(core_errors.NotConnected):
+        bus().publish("fabrication.print.started", {})
+    with pytest.raises(core_errors.BrokerUnavailable, match=r"amqp://guest:\*\*@127\.0\.0\.1:1"):
+        bus().connect(max_retries=1)

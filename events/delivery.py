@@ -1,0 +1,163 @@
+"""The delivery decision: decode, validate and handle one event, then ack or reject it.
+
+Failures go through the platform's one ``FailurePolicy``: a confirmed copy to the
+``kitty.delay.*`` ladder (back to this subscription's queue only) or to ``dlx``, then the
+original is acked; when the copy is not confirmed the original is rejected without
+requeue, so the broker dead-letters it (``x-death``) instead of the bus looping on it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from events.envelope import Event
+from events.errors import DecodeError, Permanent, SchemaError
+from events.schemas import SchemaRegistry
+from events.subscriptions import EventHandler
+from kitty_tasks.core.failure import FailurePolicy, Outcome, RetryPlan
+from kitty_tasks.core.metrics import EVENTS_CONSUMED, EVENTS_FAILED
+from kitty_tasks.core.topology import H_ATTEMPT, delay_exchange_name, dlq_name
+
+__all__ = ["NON_RETRYABLE", "Ack", "EventDelivery", "current_event"]
+
+logger = logging.getLogger(__name__)
+
+#: Settles a handled delivery (the consumer batches these acks).
+Ack = Callable[[Any], None]
+
+#: Errors of a handler that no retry can fix: dead-lettered at once.
+NON_RETRYABLE: tuple[type[BaseException], ...] = (Permanent, SchemaError, ValidationError)
+
+LOG_RETRY = "handler %s failed on %s %s (%s: %s); attempt %d of %d, retrying in %.1fs via %s"
+LOG_DEAD = "%s %s dead-lettered to %s after %d attempt(s): %s: %s"
+LOG_REJECTED = "%s %s rejected to %s after %d attempt(s), its copy unconfirmed: %s: %s"
+LOG_BUG = "unexpected error while processing a delivery from %s; rejected to its DLQ"
+
+#: The event a handler is working on, so events it publishes carry causation and correlation.
+current_event: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "kitty_current_event", default=None
+)
+
+
+@dataclass(frozen=True)
+class EventDelivery:
+    """Handles each delivery of one subscription and settles it: ack, or reject to the DLQ.
+
+    Args:
+        queue: the subscription's queue (retries come back to it alone).
+        handler: the subscriber's handler.
+        registry: validates each event's data.
+        policy: retries or dead-letters failed deliveries.
+        require_schemas: dead-letter events of types without a schema.
+    """
+
+    queue: str
+    handler: EventHandler
+    registry: SchemaRegistry
+    policy: FailurePolicy
+    require_schemas: bool = False
+
+    def __call__(self, message: Any, ack: Ack) -> None:
+        """Handle ``message`` (a Kombu delivery), then ``ack(message)`` or reject it."""
+        try:
+            settled_by_ack = self._decide(message)
+        except Exception:
+            # A bug of ours, not of the handler: the DLQ keeps it (x-death) rather than a loop.
+            logger.exception(LOG_BUG, self.queue)
+            settled_by_ack = False
+        if settled_by_ack:
+            ack(message)
+        else:
+            message.reject(requeue=False)
+
+    def _decide(self, message: Any) -> bool:
+        """Run the handler or the failure policy; True to ack ``message``, False to reject."""
+        try:
+            event = Event.decode(
+                message.body,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+            )
+            self.registry.validate_incoming(event, require=self.require_schemas)
+        except (DecodeError, SchemaError) as err:
+            event_type = str(message.properties.get("type") or "unknown")
+            return self._fail(message, err, event_type, retryable=False)
+        token = current_event.set(event)
+        try:
+            self.handler(event)
+        except Exception as exc:
+            retryable = not isinstance(exc, NON_RETRYABLE)
+            return self._fail(message, exc, event.event_type, retryable=retryable)
+        finally:
+            current_event.reset(token)
+        consumed_counter(event.event_type, self.queue).inc()
+        return True
+
+    def _fail(self, message: Any, exc: Exception, event_type: str, *, retryable: bool) -> bool:
+        """Retry or dead-letter ``message`` by the policy; log and count what became of it."""
+        outcome, plan = self.policy.handle(message, exc, queue=self.queue, retryable=retryable)
+        attempt = attempt_of(message.headers or {})
+        message_id = message.properties.get("message_id")
+        error = (type(exc).__name__, exc)
+        if outcome is Outcome.RETRIED and plan is not None:
+            self._log_retry(event_type, message_id, exc, attempt, plan)
+        elif outcome is Outcome.DEAD_LETTERED:
+            logger.error(LOG_DEAD, event_type, message_id, dlq_name(self.queue), attempt, *error)
+        else:
+            logger.error(
+                LOG_REJECTED, event_type, message_id, dlq_name(self.queue), attempt, *error
+            )
+        EVENTS_FAILED.labels(event_type, self.queue, outcome.value).inc()
+        return outcome.ack
+
+    def _log_retry(
+        self, event_type: str, message_id: object, exc: Exception, attempt: int, plan: RetryPlan
+    ) -> None:
+        logger.warning(
+            LOG_RETRY,
+            handler_name(self.handler),
+            event_type,
+            message_id,
+            type(exc).__name__,
+            exc,
+            attempt,
+            self.policy.max_retries + 1,
+            plan.delay,
+            delay_exchange_name(plan.bucket),
+        )
+
+
+def attempt_of(headers: Mapping[str, Any]) -> int:
+    """The delivery's ``x-kitty-attempt`` (1 for a first delivery), as the policy reads it."""
+    value = headers.get(H_ATTEMPT)
+    try:
+        return max(1, int(value)) if isinstance(value, (int, str, bytes)) else 1
+    except ValueError:
+        return 1
+
+
+def handler_name(handler: Callable[..., Any]) -> str:
+    """How logs name ``handler``."""
+    return str(getattr(handler, "__qualname__", None) or repr(handler))
+
+
+#: EVENTS_CONSUMED's child per (event type, queue): ``labels()`` costs more than a dict lookup.
+_CONSUMED: dict[tuple[str, str], Any] = {}
+#: Bounds the cache: event types come from the wire.
+_CONSUMED_LIMIT = 10_000
+
+
+def consumed_counter(event_type: str, queue: str) -> Any:
+    """EVENTS_CONSUMED for ``(event_type, queue)``, cached."""
+    counter = _CONSUMED.get((event_type, queue))
+    if counter is None:
+        counter = EVENTS_CONSUMED.labels(event_type, queue)
+        if len(_CONSUMED) < _CONSUMED_LIMIT:
+            _CONSUMED[(event_type, queue)] = counter
+    return counter
