@@ -59,7 +59,9 @@ logger = logging.getLogger(__name__)
 TRACEBACK_LIMIT = 4000
 #: Error messages are trimmed so that headers stay small.
 MESSAGE_LIMIT = 1000
-#: AMQP properties a retried or dead-lettered copy keeps from the original delivery.
+#: AMQP properties a retried or dead-lettered copy keeps from the original delivery. Not
+#: ``user_id``: the broker checks it against the copying connection's user and would refuse
+#: a copy made on another user's behalf.
 COPIED_PROPERTIES = (
     "content_type",
     "content_encoding",
@@ -71,7 +73,6 @@ COPIED_PROPERTIES = (
     "timestamp",
     "type",
     "app_id",
-    "user_id",
 )
 
 LOG_COPY_FAILED = "%s from %s: the %s copy was not confirmed (%s); rejecting it to its DLQ"
