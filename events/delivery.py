@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,9 @@ from events.envelope import Event
 from events.errors import DecodeError, Permanent, SchemaError
 from events.schemas import SchemaRegistry
 from events.subscriptions import EventHandler
-from kitty_tasks.core.failure import FailurePolicy, Outcome, RetryPlan
+from kitty_tasks.core.failure import FailurePolicy, Outcome, RetryPlan, attempt_of
 from kitty_tasks.core.metrics import EVENTS_CONSUMED, EVENTS_FAILED
-from kitty_tasks.core.topology import H_ATTEMPT, delay_exchange_name, dlq_name
+from kitty_tasks.core.topology import delay_exchange_name, dlq_name
 
 __all__ = ["NON_RETRYABLE", "Ack", "EventDelivery", "current_event"]
 
@@ -131,15 +131,6 @@ class EventDelivery:
             plan.delay,
             delay_exchange_name(plan.bucket),
         )
-
-
-def attempt_of(headers: Mapping[str, Any]) -> int:
-    """The delivery's ``x-kitty-attempt`` (1 for a first delivery), as the policy reads it."""
-    value = headers.get(H_ATTEMPT)
-    try:
-        return max(1, int(value)) if isinstance(value, (int, str, bytes)) else 1
-    except ValueError:
-        return 1
 
 
 def handler_name(handler: Callable[..., Any]) -> str:

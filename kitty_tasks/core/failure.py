@@ -45,6 +45,7 @@ __all__ = [
     "Outcome",
     "Publish",
     "RetryPlan",
+    "attempt_of",
     "backoff_delay",
     "failure_headers",
     "plan_failure",
@@ -213,7 +214,7 @@ class FailurePolicy:
         to it alone and a dead letter lands in its ``.dlq``.
         """
         headers = dict(_properties(message).get("application_headers") or {})
-        attempt = _attempt(headers)
+        attempt = attempt_of(headers)
         plan = plan_failure(
             exc,
             retries=attempt - 1,
@@ -271,7 +272,7 @@ def _copy_properties(message: Any, headers: dict[str, Any]) -> dict[str, Any]:
     return copied
 
 
-def _attempt(headers: Mapping[str, Any]) -> int:
+def attempt_of(headers: Mapping[str, Any]) -> int:
     """The platform's attempt counter (1 for a first delivery); never read from ``x-death``."""
     value = headers.get(H_ATTEMPT)
     try:
