@@ -68,7 +68,8 @@ def write_frames_into(connection: amqp.Connection, sink: WriteBatcher) -> Callab
 
     Called as ``writer(1, channel_id, BASIC_PUBLISH, publish_arguments(...), message)``.
     """
-    return frame_writer(connection, sink)
+    writer: Callable[..., Any] = frame_writer(connection, sink)
+    return writer
 
 
 def locked_frame_writer(connection: amqp.Connection, lock: threading.RLock) -> WriteBatcher:

@@ -8,6 +8,7 @@ from typing import Any
 
 from kitty_tasks.core.errors import Permanent
 from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.task import RETRY_ANY
 
 
 def _record(path: str, line: str) -> int:
@@ -24,7 +25,7 @@ def record_order(self: Any, path: str, label: str) -> str:
     return label
 
 
-@app.task(name="research.flaky", bind=True)
+@app.task(name="research.flaky", bind=True, autoretry_for=RETRY_ANY)
 def flaky(self: Any, path: str, failures: int) -> dict[str, Any]:
     """Fail the first ``failures`` runs, then succeed; every run is timestamped in ``path``."""
     runs = _record(path, f"{time.time():.6f} {self.request.retries}")
@@ -33,7 +34,7 @@ def flaky(self: Any, path: str, failures: int) -> dict[str, Any]:
     return {"runs": runs}
 
 
-@app.task(name="research.always_fails", bind=True)
+@app.task(name="research.always_fails", bind=True, autoretry_for=RETRY_ANY)
 def always_fails(self: Any, path: str) -> None:
     """Fail every run with a ValueError; runs are counted in ``path``."""
     runs = _record(path, f"{time.time():.6f} {self.request.retries}")
