@@ -62,3 +62,18 @@ def auto_retry(self: Any, path: str) -> None:
     """Always raise KeyError under Celery's ``autoretry_for``."""
     runs = _record(path, f"{time.time():.6f} {self.request.retries}")
     raise KeyError(f"missing field on run {runs}")
+
+
+@app.task(name="research.plain_fails", bind=True)
+def plain_fails(self: Any, path: str) -> None:
+    """Fail with a ValueError, declaring no retries: Celery's contract fails it at once."""
+    runs = _record(path, f"{time.time():.6f} {self.request.retries}")
+    raise ValueError(f"plain failure on run {runs}")
+
+
+@app.task(name="research.headers_after_retry", bind=True, autoretry_for=RETRY_ANY)
+def headers_after_retry(self: Any) -> dict[str, Any]:
+    """Fail once, then return the custom headers the retried delivery carried."""
+    if not self.request.retries:
+        raise ConnectionError("first run fails")
+    return dict(self.request.headers or {})
