@@ -117,6 +117,8 @@ def dead_letter_options(
         "routing_key": queue,
         "headers": carried,
         "retry": False,
+        # Not a child of the failed task: its result's children are what it started itself.
+        "add_to_parent": False,
     }
 
 

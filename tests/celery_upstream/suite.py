@@ -21,21 +21,48 @@ CACHE = ROOT / ".cache" / "celery-upstream"
 _TASKS = "t/integration/test_tasks.py::test_tasks"
 _CANVAS = "t/integration/test_canvas.py"
 
-#: Celery's cases of the task contract: failing, retrying, link errors, expiry, headers.
+#: Celery's cases of the task contract: failing, retrying, link errors, expiry, headers,
+#: stamps, and errbacks of chains, groups and chords.
 SELECTED: tuple[str, ...] = (
-    f"{_TASKS}::test_fail",
-    f"{_TASKS}::test_wrong_arguments",
-    f"{_TASKS}::test_expired",
-    f"{_TASKS}::test_revoked",
-    f"{_TASKS}::test_retry",
-    f"{_TASKS}::test_retry_switches_from_kwargs_to_args",
-    f"{_TASKS}::test_retry_switches_from_args_to_kwargs",
-    f"{_TASKS}::test_task_retried_once",
-    f"{_TASKS}::test_task_retried_once_with_expires",
-    f"{_TASKS}::test_task_retried_priority",
-    f"{_TASKS}::test_task_retried_headers",
-    f"{_TASKS}::test_properties",
+    "t/integration/test_tasks.py::test_class_based_tasks",
+    *(
+        f"{_TASKS}::{name}"
+        for name in (
+            "test_simple_call",
+            "test_basic_task",
+            "test_fail",
+            "test_fail_with_unpickleable_exception",
+            "test_wrong_arguments",
+            "test_expired",
+            "test_revoked",
+            "test_eta",
+            "test_reject_without_requeue_stores_failure",
+            "test_reject_with_requeue_redelivers_and_succeeds",
+            "test_retry",
+            "test_retry_switches_from_kwargs_to_args",
+            "test_retry_switches_from_args_to_kwargs",
+            "test_retry_with_unpickleable_exception",
+            "test_task_retried_once",
+            "test_task_retried_once_with_expires",
+            "test_task_retried_priority",
+            "test_task_retried_headers",
+            "test_properties",
+        )
+    ),
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_retry_preserves_ignore_result_false",
+    "t/integration/test_tasks.py::test_task_redis_result_backend::test_retry_preserves_ignore_result_true",
     f"{_CANVAS}::test_link_error",
+    f"{_CANVAS}::test_chain::test_chain_on_error",
+    f"{_CANVAS}::test_group::test_errback_called_by_group_fail_first",
+    f"{_CANVAS}::test_group::test_errback_called_by_group_fail_last",
+    f"{_CANVAS}::test_group::test_errback_called_by_group_fail_multiple",
+    f"{_CANVAS}::test_chord::test_chord_on_error",
+    f"{_CANVAS}::test_chord::test_error_propagates_from_chord2",
+    f"{_CANVAS}::test_chord::test_error_propagates_to_chord_from_simple",
+    f"{_CANVAS}::test_chord::test_immutable_errback_called_by_chord_from_simple",
+    f"{_CANVAS}::test_chord::test_mutable_errback_called_by_chord_from_simple",
+    f"{_CANVAS}::test_stamping_mechanism::test_stamps_remain_on_task_retry",
+    f"{_CANVAS}::test_stamping_mechanism::test_err_linking_stamped_sig",
 )
 
 #: Node ids where the platform differs from Celery on purpose, and why (marked xfail, strict).
