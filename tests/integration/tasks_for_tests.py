@@ -77,3 +77,9 @@ def headers_after_retry(self: Any) -> dict[str, Any]:
     if not self.request.retries:
         raise ConnectionError("first run fails")
     return dict(self.request.headers or {})
+
+
+@app.task(name="research.retry_elsewhere", bind=True, max_retries=1)
+def retry_elsewhere(self: Any, queue: str) -> None:
+    """Retry once into ``queue``, then ask again without ``exc``: retries have run out."""
+    raise self.retry(queue=queue, countdown=0.1)

@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 
 import pytest
+from celery.exceptions import MaxRetriesExceededError
 
 from kitty_tasks.core.topology import (
+    CAD_TASKS,
     H_ATTEMPT,
     H_ATTEMPTS,
     H_ERROR_TYPE,
@@ -73,4 +75,26 @@ def test_a_ladder_retry_keeps_the_custom_headers_and_adds_the_attempt(
 
     assert headers["x-trace"] == "abc123"
     assert headers[H_ATTEMPT] == 2
+    assert queue_counts(amqp_url, dlq_name(research_queue))[0] == 0
+
+
+def test_a_retry_to_another_queue_goes_there_and_runs_out_with_max_retries_exceeded(
+    amqp_url: str, research_queue: str
+):
+    drain(amqp_url, dlq_name(CAD_TASKS))
+    with CeleryWorker(amqp_url, [research_queue, CAD_TASKS], include=[TEST_TASKS]):
+        # Given a task on research.tasks that retries with queue=cad.tasks, max_retries=1
+        result = tasks_for_tests.retry_elsewhere.delay(CAD_TASKS)
+
+        # Then its second run, in cad.tasks, has no retries left and no exc to raise
+        with pytest.raises(MaxRetriesExceededError):
+            result.get(timeout=30)
+        wait_for(lambda: queue_counts(amqp_url, dlq_name(CAD_TASKS))[0] == 1, 10)
+
+    # And it is dead-lettered from the queue it was retried into
+    [dead] = drain(amqp_url, dlq_name(CAD_TASKS))
+    assert dead.headers["id"] == result.id
+    assert dead.headers[H_ERROR_TYPE] == "MaxRetriesExceededError"
+    assert dead.headers[H_ATTEMPTS] == 2
+    assert dead.headers[H_ORIGINAL_QUEUE] == CAD_TASKS
     assert queue_counts(amqp_url, dlq_name(research_queue))[0] == 0
