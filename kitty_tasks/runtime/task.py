@@ -201,8 +201,9 @@ class KittyTask(Task):  # type: ignore[misc]
         options, plan = ladder_options(retrying, options)
         exchange = options["exchange"].name
         error = retrying.exc
+        kind, reason = (type(error).__name__, error) if error is not None else ("Retry", "asked")
         logger.warning(
-            LOG_RETRY, self.name, request.id, type(error).__name__, error,
+            LOG_RETRY, self.name, request.id, kind, reason,
             int(request.retries or 0) + 1, retrying.limit + 1, plan.delay, exchange,
         )  # fmt: skip
         execution = EXECUTION.get()
