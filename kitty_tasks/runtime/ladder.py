@@ -37,7 +37,7 @@ class LadderRetry:
 
     task_id: str
     queue: str
-    limit: int
+    limit: int | None
     exc: BaseException | None
     base: float
     cap: float

@@ -37,7 +37,7 @@ __all__ = ["DEAD_LETTERED", "RETRY_ANY", "KittyTask"]
 
 logger = logging.getLogger(__name__)
 
-LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %d, retrying in %.1fs via %s"
+LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %s, retrying in %.1fs via %s"
 LOG_COPY_FAILED = "task %s[%s]: dead letter not published (%s); rejecting it to its DLQ"
 LOG_DEAD = "task %s[%s] dead-lettered to %s after %d attempt(s): %s: %s"
 
@@ -57,7 +57,8 @@ class KittyTask(Task):  # type: ignore[misc]
     ``x-kitty-*`` failure headers. Eager and direct calls stay local.
     """
 
-    #: None: the message's ``x-kitty-max-retries`` header, else ``KITTY_MAX_RETRIES``.
+    #: Left unset: the message's ``x-kitty-max-retries`` header, else ``KITTY_MAX_RETRIES``.
+    #: ``max_retries=None`` declared on a task means no limit, as in Celery.
     max_retries: int | None = None
     #: None: a retry without ``countdown``/``eta`` waits the platform's backoff.
     default_retry_delay: float | None = None
@@ -143,6 +144,11 @@ class KittyTask(Task):  # type: ignore[misc]
             return int(self.max_retries)
         return get_settings().max_retries
 
+    def _retries_forever(self) -> bool:
+        """Celery's ``max_retries=None`` declared on the task (``chord_unlock`` polls so)."""
+        declared = "max_retries" in vars(type(self)) and self.max_retries is None
+        return declared and self.request.get(H_MAX_RETRIES) is None
+
     def source_queue(self) -> str:
         """The queue this delivery came from (also after a trip through the ladder)."""
         delivery = self.request.delivery_info or {}
@@ -169,7 +175,9 @@ class KittyTask(Task):  # type: ignore[misc]
         if isinstance(exc, self.non_retryable):
             raise exc
         request = self.request
-        limit = self.retry_limit() if max_retries is None else max_retries
+        limit = max_retries
+        if limit is None and not self._retries_forever():
+            limit = self.retry_limit()
         settings = get_settings()
         token = RETRYING.set(
             LadderRetry(
@@ -204,7 +212,9 @@ class KittyTask(Task):  # type: ignore[misc]
         kind, reason = (type(error).__name__, error) if error is not None else ("Retry", "asked")
         logger.warning(
             LOG_RETRY, self.name, request.id, kind, reason,
-            int(request.retries or 0) + 1, retrying.limit + 1, plan.delay, exchange,
+            int(request.retries or 0) + 1,
+            "unlimited" if retrying.limit is None else retrying.limit + 1,
+            plan.delay, exchange,
         )  # fmt: skip
         execution = EXECUTION.get()
         if execution is not None:

@@ -131,3 +131,16 @@ def test_a_plain_task_is_not_retried(app: Celery, no_broker: list[str]):
 
     assert result.state == "FAILURE"
     assert runs == [0]
+
+
+def test_max_retries_none_declared_on_a_task_means_no_limit(app: Celery, no_broker: list[str]):
+    runs: list[int] = []
+
+    @app.task(name="contract.forever", bind=True, shared=False, max_retries=None)  # type: ignore[untyped-decorator]
+    def forever(self: Any) -> int:
+        runs.append(int(self.request.retries))
+        if self.request.retries < 6:  # past KITTY_MAX_RETRIES (3)
+            raise self.retry(countdown=1)
+        return len(runs)
+
+    assert forever.apply().get() == 7
