@@ -45,6 +45,7 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.mark.timeout(1500)  # one pytest run of ~40 of Celery's cases, with its own worker
 def test_celerys_own_task_and_canvas_tests_pass_on_the_platform(
     amqp_url: str, celery_suite: Path, redis_url: str, tmp_path: Path
 ):
