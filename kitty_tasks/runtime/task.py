@@ -182,7 +182,7 @@ class KittyTask(Task):  # type: ignore[misc]
         token = RETRYING.set(
             LadderRetry(
                 task_id=str(request.id),
-                queue=str(options.get("queue") or "") or self._source_or_default(),
+                queue=_queue_name(options.get("queue")) or self._source_or_default(),
                 limit=limit,
                 exc=exc,
                 base=settings.retry_backoff_base,
@@ -251,6 +251,11 @@ class KittyTask(Task):  # type: ignore[misc]
             raise Reject(reason=f"could not publish the dead-letter copy: {err}") from err
         # The task metrics (kitty_tasks.runtime.signals) count this failure as dead_lettered.
         setattr(request, DEAD_LETTERED, True)
+
+
+def _queue_name(queue: Any) -> str:
+    """The name of a ``queue=`` option, given as a name or as a kombu ``Queue``."""
+    return str(getattr(queue, "name", queue) or "")
 
 
 def _trimmed_repr(value: Any, limit: int) -> str:
