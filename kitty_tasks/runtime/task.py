@@ -1,16 +1,14 @@
-"""Base Celery task: retries through the broker's delay ladder, dead-letters with the reason."""
+"""Base Celery task: Celery's task contract, with retries through the broker's delay ladder."""
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 from amqp.exceptions import MessageNacked
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
-from kombu import Exchange
 from kombu.exceptions import OperationalError
 from kombu.utils.json import dumps as json_dumps
 from pydantic import ValidationError
@@ -22,47 +20,56 @@ from kitty_tasks.core.errors import (
     PublishRejected,
     PublishTimeout,
 )
-from kitty_tasks.core.failure import RetryPlan, failure_headers, plan_retry, utc_now
 from kitty_tasks.core.settings import get_settings
-from kitty_tasks.core.topology import (
-    DLX_EXCHANGE,
-    H_ATTEMPT,
-    H_FIRST_FAILURE,
-    H_MAX_RETRIES,
-    H_ORIGINAL_QUEUE,
-    delay_exchange_name,
-    pick_bucket,
+from kitty_tasks.core.topology import H_MAX_RETRIES, H_ORIGINAL_QUEUE
+from kitty_tasks.runtime.ladder import (
+    EXECUTION,
+    PUBLISHING,
+    RETRYING,
+    ROUTE_OPTIONS,
+    Execution,
+    LadderRetry,
+    dead_letter_options,
+    ladder_options,
 )
 
-__all__ = ["DEAD_LETTERED", "KittyTask"]
+__all__ = ["DEAD_LETTERED", "RETRY_ANY", "KittyTask"]
 
 logger = logging.getLogger(__name__)
 
-LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %d, retrying in %.1fs via %s"
-LOG_COPY_FAILED = "task %s[%s]: copy not published (%s); rejecting it to its DLQ"
+LOG_RETRY = "task %s[%s] failed (%s: %s); attempt %d of %s, retrying in %.1fs via %s"
+LOG_COPY_FAILED = "task %s[%s]: dead letter not published (%s); rejecting it to its DLQ"
 LOG_DEAD = "task %s[%s] dead-lettered to %s after %d attempt(s): %s: %s"
 
 #: Request attribute set once the failed message is safely in its DLQ (read by the metrics).
 DEAD_LETTERED = "kitty_dead_lettered"
+#: ``autoretry_for=RETRY_ANY``: the platform's own tasks retry every error but ``Permanent``.
+RETRY_ANY: tuple[type[Exception], ...] = (Exception,)
 
 
 class KittyTask(Task):  # type: ignore[misc]
-    """A task whose failures are retried by a publish to the delay ladder, never held in a worker.
+    """Celery's task contract; retries wait in the broker's delay ladder, failures in a DLQ.
 
-    After ``max_retries`` retries, or at once for a non-retryable error, the task
-    message is published to ``dlx`` with its queue as routing key, so it lands in
-    ``<queue>.dlq`` with the ``x-kitty-*`` failure headers, and the task's result
-    is FAILURE.
+    As in Celery, an exception fails the task at once unless the task declares
+    ``autoretry_for`` or calls ``self.retry()``. A retry is a confirmed copy
+    published to ``kitty.delay.<bucket>``, never an ETA held unacked in a worker.
+    A failed task's message is also copied to ``<queue>.dlq`` with the
+    ``x-kitty-*`` failure headers. Eager and direct calls stay local.
     """
 
+    #: Left unset: the message's ``x-kitty-max-retries`` header, else ``KITTY_MAX_RETRIES``.
+    #: ``max_retries=None`` declared on a task means no limit, as in Celery.
     max_retries: int | None = None
+    #: None: a retry without ``countdown``/``eta`` waits the platform's backoff.
+    default_retry_delay: float | None = None
     acks_late = True
     reject_on_worker_lost = True
-    #: Errors that dead-letter at once: retrying cannot fix them.
-    non_retryable: ClassVar[tuple[type[BaseException], ...]] = (Permanent,)
+    #: Errors that dead-letter at once, even under ``autoretry_for``: retrying cannot fix them.
+    non_retryable: ClassVar[tuple[type[BaseException], ...]] = (Permanent, ValidationError)
     _control_flow: ClassVar[tuple[type[BaseException], ...]] = (Retry, Ignore, Reject)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        token = EXECUTION.set(Execution())
         try:
             return super().__call__(*args, **kwargs)
         except self._control_flow:
@@ -71,14 +78,20 @@ class KittyTask(Task):  # type: ignore[misc]
             # pydantic's error cannot be rebuilt from a JSON result; callers get a
             # plain InvalidInput that says which fields were wrong.
             error = InvalidInput(f"invalid input for {self.name}: {exc}")
-            self._on_task_error(error, args, kwargs)
+            self._dead_letter(error, args, kwargs)
             raise error from exc
         except Exception as exc:
-            self._on_task_error(exc, args, kwargs)
+            self._dead_letter(exc, args, kwargs)
             raise
+        finally:
+            EXECUTION.reset(token)
 
     def apply_async(self, *args: Any, **options: Any) -> Any:
         """Celery's ``apply_async``; a broker nack raises ``PublishRejected`` naming the queue."""
+        retrying = RETRYING.get()
+        if retrying is not None and options.get("task_id") == retrying.task_id:
+            RETRYING.set(None)  # this is the one retry copy; whatever it triggers is not
+            return self._publish_retry(retrying, args, options)
         # Celery's saferepr of the arguments (for Flower) took a third of an enqueue's CPU
         # (benchmarks/RESULTS.md); JSON-only arguments repr safely, so a plain, trimmed repr.
         sender = self.app.amqp
@@ -94,6 +107,7 @@ class KittyTask(Task):  # type: ignore[misc]
             args[1] if len(args) > 1 else options.get("kwargs"),
         )
         started = time.monotonic()
+        token = PUBLISHING.set((options.get("expiration"),))
         try:
             return super().apply_async(*args, **options)
         except (MessageNacked, OperationalError, TimeoutError) as err:
@@ -115,6 +129,8 @@ class KittyTask(Task):  # type: ignore[misc]
                 "(x-overflow reject-publish) or unavailable",
                 queue=str(queue),
             ) from err
+        finally:
+            PUBLISHING.reset(token)
 
     def _default_queue(self) -> str:
         return str(self.app.amqp.router.route({}, self.name)["queue"].name)
@@ -128,6 +144,11 @@ class KittyTask(Task):  # type: ignore[misc]
             return int(self.max_retries)
         return get_settings().max_retries
 
+    def _retries_forever(self) -> bool:
+        """Celery's ``max_retries=None`` declared on the task (``chord_unlock`` polls so)."""
+        declared = "max_retries" in vars(type(self)) and self.max_retries is None
+        return declared and self.request.get(H_MAX_RETRIES) is None
+
     def source_queue(self) -> str:
         """The queue this delivery came from (also after a trip through the ladder)."""
         delivery = self.request.delivery_info or {}
@@ -140,109 +161,101 @@ class KittyTask(Task):  # type: ignore[misc]
         kwargs: dict[str, Any] | None = None,
         exc: BaseException | None = None,
         throw: bool = True,
-        eta: datetime | None = None,
+        eta: Any = None,
         countdown: float | None = None,
         max_retries: int | None = None,
         **options: Any,
     ) -> Retry:
-        """Celery's ``self.retry()``, realised through the delay ladder instead of an ETA.
+        """Celery's ``self.retry()``; in a worker the retry copy waits in the delay ladder.
 
-        Celery's ``autoretry_for`` calls this too, so every retry of every task waits
-        in a ``kitty.delay.*`` queue, never unacked in a worker. Out of retries, the
-        message is dead-lettered and ``exc`` is raised.
+        Everything Celery does is kept (``throw``, ``exc``, extra options such as
+        ``queue=``, ``MaxRetriesExceededError``, eager retries); only the copy's
+        route changes. ``Permanent`` and validation errors are raised, not retried.
         """
+        if isinstance(exc, self.non_retryable):
+            raise exc
         request = self.request
-        error = exc if isinstance(exc, Exception) else RuntimeError("retry requested")
-        delay: float | None = countdown
-        if delay is None and eta is not None:
-            delay = max(0.0, (eta - datetime.now(timezone.utc)).total_seconds())
-        self._after_failure(
-            error,
-            request.args if args is None else args,
-            request.kwargs if kwargs is None else kwargs,
-            delay=delay,
-            limit=max_retries,
-        )
-        # Out of retries: the copy is in the DLQ; fail the task with the error itself.
-        raise error
-
-    def _on_task_error(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.request.get(DEAD_LETTERED):
-            return  # already dead-lettered by retry(); Celery's wrapper re-raised it
-        self._after_failure(exc, args, kwargs)
-
-    def _after_failure(
-        self,
-        exc: Exception,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        delay: float | None = None,
-        limit: int | None = None,
-    ) -> None:
-        """Retry ``exc`` through the ladder (raises ``Retry``) or dead-letter it (returns)."""
-        request = self.request
-        retries = int(request.retries or 0)
-        limit = self.retry_limit() if limit is None else limit
-        queue = self.source_queue()
-        first_failure = request.get(H_FIRST_FAILURE) or utc_now()
-        carried = {H_FIRST_FAILURE: first_failure, H_ORIGINAL_QUEUE: queue}
-        if request.get(H_MAX_RETRIES) is not None:
-            carried[H_MAX_RETRIES] = int(request.get(H_MAX_RETRIES))
-        if not isinstance(exc, self.non_retryable) and retries < limit:
-            settings = get_settings()
-            if delay is None:
-                plan = plan_retry(
-                    retries, base=settings.retry_backoff_base, cap=settings.retry_backoff_max
-                )
-            else:
-                plan = RetryPlan(bucket=pick_bucket(delay), delay=delay)
-            exchange = delay_exchange_name(plan.bucket)
-            logger.warning(
-                LOG_RETRY, self.name, request.id, type(exc).__name__, exc,
-                retries + 1, limit + 1, plan.delay, exchange,
-            )  # fmt: skip
-            self._publish_or_reject(
-                request, args, kwargs,
-                retries=retries + 1,
-                exchange=Exchange(exchange, type="fanout"),
-                routing_key=queue,
-                headers={**carried, H_ATTEMPT: retries + 2},
-                # The jittered delay as per-message TTL; the bucket's TTL bounds it.
-                expiration=min(plan.delay, plan.bucket),
-            )  # fmt: skip
-            # The copy is confirmed by the broker: only now may the original be acked.
-            raise Retry(exc=exc, when=plan.delay) from exc
-        headers = failure_headers(
-            exc, attempts=retries + 1, first_failure=first_failure, queue=queue
-        )
-        logger.error(LOG_DEAD, self.name, request.id, queue, retries + 1, type(exc).__name__, exc)
-        self._publish_or_reject(
-            request, args, kwargs,
-            exchange=Exchange(DLX_EXCHANGE, type="topic"),
-            routing_key=queue,
-            headers={**carried, **headers},
-        )  # fmt: skip
-        # The task metrics (kitty_tasks.runtime.signals) count this failure as dead_lettered,
-        # and _on_task_error knows not to dead-letter it a second time.
-        setattr(request, DEAD_LETTERED, True)
-
-    def _publish_or_reject(
-        self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any
-    ) -> None:
-        """Publish a confirmed copy of the running task; if that fails, reject the original.
-
-        Rejecting (without requeue) lets the broker dead-letter the original into the
-        DLQ with ``x-death``: the message is never acked away without a copy.
-        """
-        extra = {"retries": options.pop("retries")} if "retries" in options else {}
-        try:
-            self.signature_from_request(request, args, kwargs, **extra).apply_async(
-                retry=False, **options
+        limit = max_retries
+        if limit is None and not self._retries_forever():
+            limit = self.retry_limit()
+        settings = get_settings()
+        token = RETRYING.set(
+            LadderRetry(
+                task_id=str(request.id),
+                queue=_queue_name(options.get("queue")) or self._source_or_default(),
+                limit=limit,
+                exc=exc,
+                base=settings.retry_backoff_base,
+                cap=settings.retry_backoff_max,
             )
+        )
+        try:
+            result: Retry = super().retry(
+                args, kwargs, exc, throw, eta, countdown, limit, **options
+            )
+        finally:
+            RETRYING.reset(token)
+            if max_retries is None:
+                # Celery keeps the limit on the task object for autoretry; ours is per message.
+                self.__dict__.pop("override_max_retries", None)
+        return result
+
+    def _source_or_default(self) -> str:
+        return "" if self.request.called_directly else self.source_queue()
+
+    def _publish_retry(self, retrying: LadderRetry, args: tuple[Any, ...], options: Any) -> Any:
+        """Publish Celery's retry copy to the ladder (confirmed) before the original is acked."""
+        request = self.request
+        options, plan = ladder_options(retrying, options)
+        exchange = options["exchange"].name
+        error = retrying.exc
+        kind, reason = (type(error).__name__, error) if error is not None else ("Retry", "asked")
+        logger.warning(
+            LOG_RETRY, self.name, request.id, kind, reason,
+            int(request.retries or 0) + 1,
+            "unlimited" if retrying.limit is None else retrying.limit + 1,
+            plan.delay, exchange,
+        )  # fmt: skip
+        execution = EXECUTION.get()
+        if execution is not None:
+            execution.retried = True
+        # Through Task.apply_async, without this class's publish-time checks: it is a copy.
+        token = PUBLISHING.set((options["expiration"],))
+        try:
+            return super().apply_async(*args, **options)
+        finally:
+            PUBLISHING.reset(token)
+
+    def _dead_letter(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Copy a failed task's message to ``<queue>.dlq`` with the reason (workers only)."""
+        request = self.request
+        execution = EXECUTION.get()
+        if request.called_directly or request.is_eager:
+            return  # a local call: nothing was consumed, nothing to dead-letter
+        if execution is not None and execution.retried:
+            return  # retry(throw=False) already sent the message on through the ladder
+        if request.get(DEAD_LETTERED):
+            return
+        attempts = int(request.retries or 0) + 1
+        queue = self.source_queue()
+        logger.error(LOG_DEAD, self.name, request.id, queue, attempts, type(exc).__name__, exc)
+        options = dead_letter_options(exc, request.headers, attempts=attempts, queue=queue)
+        copy = self.signature_from_request(request, args, kwargs)
+        for name in ROUTE_OPTIONS:
+            copy.options.pop(name, None)  # its route is dlx; the queue is the routing key
+        try:
+            copy.apply_async(**options)
         except Exception as err:
             logger.error(LOG_COPY_FAILED, self.name, request.id, err)
-            raise Reject(reason=f"could not publish the retry/dead-letter copy: {err}") from err
+            # Rejected without requeue, the original goes to the DLQ with x-death.
+            raise Reject(reason=f"could not publish the dead-letter copy: {err}") from err
+        # The task metrics (kitty_tasks.runtime.signals) count this failure as dead_lettered.
+        setattr(request, DEAD_LETTERED, True)
+
+
+def _queue_name(queue: Any) -> str:
+    """The name of a ``queue=`` option, given as a name or as a kombu ``Queue``."""
+    return str(getattr(queue, "name", queue) or "")
 
 
 def _trimmed_repr(value: Any, limit: int) -> str:

@@ -17,6 +17,7 @@ from kitty_tasks.core.errors import PayloadTooLarge, Permanent
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
 from kitty_tasks.runtime.application import app as default_app
+from kitty_tasks.runtime.task import RETRY_ANY
 
 __all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
 
@@ -57,7 +58,7 @@ def register_dispatch(app: Celery, handlers: dict[str, TaskHandler]) -> None:
     """Register the dispatch task on ``app``: ``handlers`` first, then the built-in tasks."""
 
     # Not shared: each app gets the dispatcher over its own handler registry.
-    @app.task(name=DISPATCH_TASK, bind=True, shared=False)
+    @app.task(name=DISPATCH_TASK, bind=True, shared=False, autoretry_for=RETRY_ANY)
     def dispatch(self: Any, task_type: str, data: dict[str, Any]) -> Any:
         handler = handlers.get(task_type) or _builtin_handlers().get(task_type)
         if handler is None:

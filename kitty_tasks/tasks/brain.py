@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.task import RETRY_ANY
 
 __all__ = ["BrainCommand", "brain_command", "plan_jobs"]
 
@@ -64,7 +65,7 @@ def plan_jobs(command: BrainCommand) -> dict[str, Any]:
     return {"plan": plan, "hours": load, "makespan_hours": max(load.values())}
 
 
-@app.task(name="brain.command")
+@app.task(name="brain.command", autoretry_for=RETRY_ANY)
 def brain_command(**params: Any) -> dict[str, Any]:
     """Run one brain command; invalid commands are permanent failures."""
     return plan_jobs(BrainCommand.model_validate(params))

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.task import RETRY_ANY
 
 __all__ = ["CadRequest", "cad_generate", "mesh_primitive", "to_ascii_stl"]
 
@@ -104,7 +105,7 @@ def to_ascii_stl(name: str, triangles: list[Triangle]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@app.task(name="cad.generate")
+@app.task(name="cad.generate", autoretry_for=RETRY_ANY)
 def cad_generate(**params: Any) -> dict[str, Any]:
     """Mesh a primitive; returns the STL text, facet and unique vertex counts, bounding box."""
     request = CadRequest.model_validate(params)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.task import RETRY_ANY
 from kitty_tasks.tasks.corpus import DEFAULT_CORPUS, Document
 
 __all__ = ["Document", "ResearchRequest", "rank_documents", "research_paper"]
@@ -62,7 +63,7 @@ def rank_documents(query: str, documents: list[Document], limit: int) -> list[di
     return [{"id": d.id, "title": d.title, "score": s} for s, d in scored[:limit]]
 
 
-@app.task(name="research.paper")
+@app.task(name="research.paper", autoretry_for=RETRY_ANY)
 def research_paper(
     query: str, max_results: int = 10, documents: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.task import RETRY_ANY
 
 #: While the file this variable names exists, ``research.fragile`` fails.
 FAULT_FILE_ENV = "KITTY_TEST_FAULT_FILE"
@@ -20,7 +21,7 @@ def _log(line: str) -> None:
             log.write(line + "\n")
 
 
-@app.task(name="research.fragile", max_retries=1)
+@app.task(name="research.fragile", max_retries=1, autoretry_for=RETRY_ANY)
 def fragile(item: int) -> int:
     """Fail with ValueError while the fault file exists (one retry, then the DLQ); else echo."""
     fault = os.environ.get(FAULT_FILE_ENV)

@@ -8,6 +8,7 @@ from typing import Any
 
 from kitty_tasks.core.errors import Permanent
 from kitty_tasks.runtime.application import app
+from kitty_tasks.runtime.task import RETRY_ANY
 
 
 def _record(path: str, line: str) -> int:
@@ -24,7 +25,7 @@ def record_order(self: Any, path: str, label: str) -> str:
     return label
 
 
-@app.task(name="research.flaky", bind=True)
+@app.task(name="research.flaky", bind=True, autoretry_for=RETRY_ANY)
 def flaky(self: Any, path: str, failures: int) -> dict[str, Any]:
     """Fail the first ``failures`` runs, then succeed; every run is timestamped in ``path``."""
     runs = _record(path, f"{time.time():.6f} {self.request.retries}")
@@ -33,7 +34,7 @@ def flaky(self: Any, path: str, failures: int) -> dict[str, Any]:
     return {"runs": runs}
 
 
-@app.task(name="research.always_fails", bind=True)
+@app.task(name="research.always_fails", bind=True, autoretry_for=RETRY_ANY)
 def always_fails(self: Any, path: str) -> None:
     """Fail every run with a ValueError; runs are counted in ``path``."""
     runs = _record(path, f"{time.time():.6f} {self.request.retries}")
@@ -61,3 +62,24 @@ def auto_retry(self: Any, path: str) -> None:
     """Always raise KeyError under Celery's ``autoretry_for``."""
     runs = _record(path, f"{time.time():.6f} {self.request.retries}")
     raise KeyError(f"missing field on run {runs}")
+
+
+@app.task(name="research.plain_fails", bind=True)
+def plain_fails(self: Any, path: str) -> None:
+    """Fail with a ValueError, declaring no retries: Celery's contract fails it at once."""
+    runs = _record(path, f"{time.time():.6f} {self.request.retries}")
+    raise ValueError(f"plain failure on run {runs}")
+
+
+@app.task(name="research.headers_after_retry", bind=True, autoretry_for=RETRY_ANY)
+def headers_after_retry(self: Any) -> dict[str, Any]:
+    """Fail once, then return the custom headers the retried delivery carried."""
+    if not self.request.retries:
+        raise ConnectionError("first run fails")
+    return dict(self.request.headers or {})
+
+
+@app.task(name="research.retry_elsewhere", bind=True, max_retries=1)
+def retry_elsewhere(self: Any, queue: str) -> None:
+    """Retry once into ``queue``, then ask again without ``exc``: retries have run out."""
+    raise self.retry(queue=queue, countdown=0.1)

@@ -12,6 +12,7 @@ from celery import Celery
 
 from events.idempotency import SQLiteStore, idempotent
 from kitty_tasks.core.topology import RESEARCH_TASKS
+from kitty_tasks.runtime.task import RETRY_ANY
 from kitty_tasks.tasks.research import ResearchRequest
 
 __all__ = ["FLAKY_TASK", "RECORD_TASK", "VALIDATED_TASK", "make_app", "record_line"]
@@ -64,7 +65,7 @@ def make_app(url: str | None) -> Celery:
         effect_once(task_id)
         return n
 
-    @app.task(name=FLAKY_TASK, bind=True, shared=False)  # type: ignore[untyped-decorator]
+    @app.task(name=FLAKY_TASK, bind=True, shared=False, autoretry_for=RETRY_ANY)  # type: ignore[untyped-decorator]
     def flaky(self: Any, fail_times: int) -> int:
         record_line("runs", str(self.request.id))
         if int(self.request.retries or 0) < fail_times:

@@ -1,0 +1,1 @@
+"""Celery's own integration tests, run against the platform's task class, consumer and settings."""
