@@ -47,6 +47,7 @@ __all__ = [
     "RetryPlan",
     "attempt_of",
     "backoff_delay",
+    "dead_letter_headers",
     "failure_headers",
     "plan_failure",
     "plan_retry",
@@ -170,6 +171,19 @@ def failure_headers(
     }
 
 
+def dead_letter_headers(
+    headers: Mapping[str, Any], exc: BaseException, *, attempts: int, queue: str
+) -> dict[str, Any]:
+    """A dead letter's headers: all of the original's, less the broker's, plus why it died."""
+    carried = {k: v for k, v in headers.items() if k not in BROKER_DEATH_HEADERS}
+    carried.update(
+        failure_headers(
+            exc, attempts=attempts, first_failure=headers.get(H_FIRST_FAILURE), queue=queue
+        )
+    )
+    return carried
+
+
 class Outcome(str, Enum):
     """What became of a failed delivery, and so how the consumer settles the original."""
 
@@ -236,12 +250,7 @@ class FailurePolicy:
             )
             outcome = Outcome.RETRIED
         else:
-            carried = {k: v for k, v in headers.items() if k not in BROKER_DEATH_HEADERS}
-            carried.update(
-                failure_headers(
-                    exc, attempts=attempt, first_failure=headers.get(H_FIRST_FAILURE), queue=queue
-                )
-            )
+            carried = dead_letter_headers(headers, exc, attempts=attempt, queue=queue)
             copy = OutgoingMessage(
                 message.body, DLX_EXCHANGE, queue, _copy_properties(message, carried)
             )

@@ -10,11 +10,9 @@ from typing import Any
 from celery import signals
 from kombu import Exchange
 
-from kitty_tasks.core.failure import RetryPlan, failure_headers, plan_failure, retry_headers
+from kitty_tasks.core.failure import RetryPlan, dead_letter_headers, plan_failure, retry_headers
 from kitty_tasks.core.topology import (
-    BROKER_DEATH_HEADERS,
     DLX_EXCHANGE,
-    H_FIRST_FAILURE,
     delay_exchange_name,
 )
 
@@ -106,12 +104,7 @@ def dead_letter_options(
     exc: BaseException, headers: dict[str, Any] | None, *, attempts: int, queue: str
 ) -> dict[str, Any]:
     """Publish options of a failed task's dead letter: to ``dlx``, keyed by its queue."""
-    carried = {k: v for k, v in (headers or {}).items() if k not in BROKER_DEATH_HEADERS}
-    carried.update(
-        failure_headers(
-            exc, attempts=attempts, first_failure=carried.get(H_FIRST_FAILURE), queue=queue
-        )
-    )
+    carried = dead_letter_headers(headers or {}, exc, attempts=attempts, queue=queue)
     return {
         "exchange": Exchange(DLX_EXCHANGE, type="topic"),
         "routing_key": queue,
