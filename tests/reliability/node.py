@@ -53,14 +53,29 @@ def free_port() -> int:
 
 
 def wait_for(
-    condition: Callable[[], T], *, timeout: float, interval: float = 0.2, what: str = "condition"
+    condition: Callable[[], T],
+    *,
+    timeout: float,
+    interval: float = 0.2,
+    what: str = "condition",
+    progress: Callable[[], object] | None = None,
 ) -> T:
-    """Poll ``condition`` until it is truthy; raise ``TimeoutError`` at the deadline."""
+    """Poll ``condition`` until it is truthy; raise ``TimeoutError`` at the deadline.
+
+    With ``progress``, the deadline is ``timeout`` seconds without progress: each change
+    of ``progress()`` starts it again, so a slow but moving run (a loaded CI machine)
+    is waited for and only a stalled one fails.
+    """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
+    seen: object = None
     while True:
         try:
             value = condition()
+            if progress is not None:
+                now = progress()
+                if now != seen:
+                    seen, deadline = now, time.monotonic() + timeout
         except Exception as err:  # the broker may be half up: keep polling until the deadline
             last_error = err
         else:
@@ -68,7 +83,8 @@ def wait_for(
                 return value
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error!r})" if last_error else ""
-            raise TimeoutError(f"{what} not reached within {timeout:g}s{detail}")
+            stalled = " without progress" if progress is not None else ""
+            raise TimeoutError(f"{what} not reached within {timeout:g}s{stalled}{detail}")
         time.sleep(interval)
 
 

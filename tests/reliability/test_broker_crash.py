@@ -106,13 +106,15 @@ def test_sigkilled_broker_loses_no_confirmed_event_or_task(
         # Then every confirmed id arrives, the consumers having reconnected by themselves
         wait_for(
             lambda: not (tasks.confirmed - set(read_ids(worker.record_dir, "runs"))),
-            timeout=180,
+            timeout=60,
             what="every confirmed task run",
+            progress=lambda: len(read_ids(worker.record_dir, "runs")),
         )
         wait_for(
             lambda: not (events.confirmed - set(received)),
-            timeout=180,
+            timeout=60,
             what="every confirmed event",
+            progress=lambda: len(received),
         )
         worker_survived = worker.alive
         consumer_threads_alive = consumer.wait_until_consuming(30)

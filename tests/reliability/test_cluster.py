@@ -128,8 +128,9 @@ def test_three_nodes_one_stopped_consumers_continue_and_no_confirmed_event_is_lo
         stream.thread.join(timeout=240)
         wait_for(
             lambda: not (stream.ledger.confirmed - set(stream.received)),
-            timeout=120,
+            timeout=60,
             what="every confirmed event",
+            progress=lambda: len(stream.received),
         )
     finally:
         stream.close()
@@ -161,8 +162,9 @@ def test_two_nodes_one_stopped_nothing_confirmed_is_lost_and_service_resumes(
         stream.thread.join(timeout=240)
         wait_for(
             lambda: not (stream.ledger.confirmed - set(stream.received)),
-            timeout=120,
+            timeout=60,
             what="every confirmed event",
+            progress=lambda: len(stream.received),
         )
     finally:
         stream.close()

@@ -51,11 +51,17 @@ def test_everyone_reconnects_after_close_all_connections(
     # When every connection on the node is closed by the broker
     rabbit_node.close_all_connections()
     # Then the consumers finish the backlog on new connections
-    wait_for(lambda: len(received) == EVENTS, timeout=120, what="every event")
+    wait_for(
+        lambda: len(received) == EVENTS,
+        timeout=60,
+        what="every event",
+        progress=lambda: len(received),
+    )
     wait_for(
         lambda: set(read_ids(worker.record_dir, "runs")) == set(tasks),
-        timeout=120,
+        timeout=60,
         what="every task",
+        progress=lambda: len(read_ids(worker.record_dir, "runs")),
     )
     # and RPC works again from the same client object (a call may fail once, then succeeds)
     answers: list[Any] = []

@@ -6,7 +6,8 @@ import os
 import signal
 from pathlib import Path
 
-from tests.reliability.helpers import WorkerProcess, read_ids
+from kitty_tasks.core.topology import RESEARCH_TASKS
+from tests.reliability.helpers import WorkerProcess, queue_counts, read_ids
 from tests.reliability.node import wait_for
 from tests.reliability.workerapp import RECORD_TASK, make_app
 
@@ -28,15 +29,24 @@ def test_sigkilled_worker_task_is_redelivered_and_side_effect_stays_single(
         app.tasks[RECORD_TASK].apply_async(args=(n, TASK_SECONDS), task_id=task_id)
     # When the whole worker is SIGKILLed while two tasks are mid-run
     wait_for(lambda: len(read_ids(records, "runs")) >= 2, timeout=60, what="tasks running")
-    interrupted = set(read_ids(records, "runs")) - set(read_ids(records, "effects"))
     first.kill(signal.SIGKILL)
+    # Read after the kill: a task that finished just before it was not interrupted.
+    interrupted = set(read_ids(records, "runs")) - set(read_ids(records, "effects"))
+    # The broker has closed the dead worker's connection (its consumer is gone), so the
+    # new worker's start waits for its own consumer, not the dead one's.
+    wait_for(
+        lambda: queue_counts(node_url, RESEARCH_TASKS)[1] == 0,
+        timeout=60,
+        what="the killed worker's consumer gone",
+    )
     # Then a new worker gets the interrupted tasks again and every task completes
     second = WorkerProcess(node_url, records, pool="prefork", concurrency=4).start()
     wait_for(
-        lambda: set(read_ids(records, "effects")) == set(ids),
-        timeout=120,
+        lambda: _all_done(second, records, ids),
+        timeout=60,
         interval=0.5,
         what="every task's effect",
+        progress=lambda: sum(read_ids(records, "runs").values()),
     )
     second.stop()
     app.close()
@@ -67,7 +77,7 @@ def test_sigkilled_pool_child_task_is_redelivered_and_worker_goes_on(
     os.kill(child_pid, signal.SIGKILL)
     # Then the main worker lives on, the task runs again and completes once
     wait_for(
-        lambda: read_ids(records, "effects")["child-0"] == 1,
+        lambda: _all_done(worker, records, ["child-0"]),
         timeout=90,
         interval=0.5,
         what="the task's effect",
@@ -79,3 +89,10 @@ def test_sigkilled_pool_child_task_is_redelivered_and_worker_goes_on(
     print(f"pool child SIGKILL: runs={runs['child-0']} effects=1 worker alive={alive}")
     assert runs["child-0"] == 2
     assert alive
+
+
+def _all_done(worker: WorkerProcess, records: Path, ids: list[str]) -> bool:
+    """True once every id has its effect; a dead worker's log becomes the wait's last error."""
+    if not worker.alive:
+        raise AssertionError(f"the worker exited:\n{worker.log_tail()}")
+    return set(read_ids(records, "effects")) >= set(ids)
