@@ -14,11 +14,11 @@ from kombu import Connection
 from kitty_tasks.core.connection import connected, vhost_of
 from kitty_tasks.core.errors import KittyError
 from kitty_tasks.core.management import ManagementError
-from kitty_tasks.core.topology import TOPOLOGY
+from kitty_tasks.core.topology import DLX_QUEUE, TOPOLOGY
 from kitty_tasks.ops.cli_format import echo_json, format_age, management_client, table, truncate
 from kitty_tasks.ops.dlq import DeadLetter, group_by_error
 from kitty_tasks.ops.queues import is_dead_letter_queue, queue_stats, resolve_dlq
-from kitty_tasks.ops.replay import ReplayReport, list_dlqs, peek, purge, replay
+from kitty_tasks.ops.replay import ReplayReport, list_dlqs, peek, purge, replay, replay_target
 
 __all__ = ["dlq", "operator_errors"]
 
@@ -163,11 +163,10 @@ def _print_replay(report: ReplayReport) -> None:
         if report.would_replay:
             click.echo(table(_LETTER_HEADERS, _letter_rows(report.would_replay)))
     else:
-        targets = Counter(letter.original_queue for letter in report.replayed)
-        where = ", ".join(f"{queue} ({count})" for queue, count in targets.items())
+        where = f" to {report.target}" if report.replayed else ""
         click.echo(
             f"replayed {len(report.replayed)} of {report.examined} examined "
-            f"message(s) from {report.queue}" + (f" to {where}" if where else "")
+            f"message(s) from {report.queue}{where}"
         )
     if report.left:
         reasons = Counter(why for _, why in report.left)
@@ -191,6 +190,13 @@ def _print_replay(report: ReplayReport) -> None:
 )
 @click.option("--dry-run", is_flag=True, help="List what would be replayed; move nothing.")
 @click.option(
+    "--to",
+    "to",
+    metavar="QUEUE",
+    default=None,
+    help=f"Target queue for {DLX_QUEUE}, whose messages may come from anywhere (required there).",
+)
+@click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -205,14 +211,21 @@ def dlq_replay(
     patterns: tuple[str, ...],
     limit: int | None,
     dry_run: bool,
+    to: str | None,
     rate: float | None,
     as_json: bool,
 ) -> None:
-    """Move dead letters of QUEUE back to their original queues with their attempt counter reset.
+    """Move dead letters of QUEUE back to their queue with their attempt counter reset.
 
-    Each message is confirmed by the broker before it is removed from the DLQ.
+    A dead letter of <queue>.dlq goes back only to <queue>, whatever its headers say;
+    those of dlx.queue go only where --to says. Each message is confirmed by the
+    broker before it is removed from the DLQ.
     """
     with _dlq_connection(ctx, queue) as (connection, name):
+        try:
+            replay_target(name, to)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from err
         depth = queue_stats(connection, name).messages
         with ExitStack() as stack:
             update: Callable[[int], None] | None = None
@@ -222,7 +235,7 @@ def dlq_replay(
                     click.progressbar(length=depth, label=label, file=sys.stderr)
                 ).update
             report = replay(
-                connection, name, patterns=patterns, limit=limit, dry_run=dry_run, rate=rate,
+                connection, name, to=to, patterns=patterns, limit=limit, dry_run=dry_run, rate=rate,
                 progress=update,
             )  # fmt: skip
     if as_json:

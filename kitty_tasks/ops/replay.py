@@ -12,6 +12,7 @@ from kombu import Connection
 
 from kitty_tasks.core.errors import KittyError, PublishError
 from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
+from kitty_tasks.core.topology import DLQ_SUFFIX, DLX_QUEUE
 from kitty_tasks.ops.dlq import DeadLetter, decode_dead_letter, matches, replay_properties
 from kitty_tasks.ops.queues import QueueNotFound, is_dead_letter_queue, queue_stats
 
@@ -58,6 +59,7 @@ class ReplayReport:
     """What a replay did: moved, would move (dry run), left in the DLQ and why."""
 
     queue: str
+    target: str | None = None
     examined: int = 0
     replayed: list[DeadLetter] = field(default_factory=list)
     would_replay: list[DeadLetter] = field(default_factory=list)
@@ -68,6 +70,7 @@ class ReplayReport:
         """A JSON-ready dict."""
         return {
             "queue": self.queue,
+            "target": self.target,
             "dry_run": self.dry_run,
             "examined": self.examined,
             "replayed": [letter.to_dict() for letter in self.replayed],
@@ -131,19 +134,53 @@ def _target_exists(connection: Connection, queue: str, known: dict[str, bool]) -
     return known[queue]
 
 
+def replay_target(dlq: str, to: str | None = None) -> str | None:
+    """The one queue ``dlq``'s messages may go back to: ``<queue>`` for ``<queue>.dlq``.
+
+    The catch-all ``dlx.queue`` takes messages from anywhere, so its target is the
+    operator's explicit ``to`` (None without one). A header never chooses the target:
+    anyone who can publish to ``dlx`` could plant one naming another service's queue.
+    """
+    if dlq == DLX_QUEUE:
+        return to
+    if not dlq.endswith(DLQ_SUFFIX):
+        raise ValueError(f"{dlq!r} is not a dead-letter queue (<queue>{DLQ_SUFFIX} or {DLX_QUEUE})")
+    own = dlq[: -len(DLQ_SUFFIX)]
+    if to is not None and to != own:
+        raise ValueError(
+            f"dead letters of {dlq!r} replay only to {own!r}, not {to!r}; "
+            f"--to is for {DLX_QUEUE}, whose messages may come from anywhere"
+        )
+    return own
+
+
+def refusal(letter: DeadLetter, target: str | None, dlq: str) -> str | None:
+    """Why ``letter`` must stay in ``dlq`` rather than go to ``target``; None if it may go."""
+    if target is None:
+        return f"messages in {DLX_QUEUE} need an explicit target: replay with --to QUEUE"
+    named = letter.original_queue
+    if dlq != DLX_QUEUE and named and named != target:
+        return (
+            f"its header names queue {named!r}; a dead letter of {dlq!r} replays only to {target!r}"
+        )
+    return None
+
+
 def replay(
     connection: Connection,
     queue: str,
     *,
+    to: str | None = None,
     patterns: Sequence[str] = (),
     limit: int | None = None,
     dry_run: bool = False,
     rate: float | None = None,
     progress: Progress | None = None,
 ) -> ReplayReport:
-    """Move the dead letters of ``queue`` that match ``patterns`` back to their original queues.
+    """Move the dead letters of ``queue`` that match ``patterns`` back to their own queue.
 
-    Only the messages present when the replay starts are examined, so a message
+    ``<queue>.dlq`` replays only to ``<queue>``; ``dlx.queue`` only to ``to``
+    (``replay_target``). Only the messages present when the replay starts are examined, so a message
     that dies again during the replay is not replayed twice. Each moved message
     is published to the default exchange (straight to its original queue, not
     fanned out to every subscriber again), confirmed by the broker, and only
@@ -153,7 +190,8 @@ def replay(
     """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    report = ReplayReport(queue, dry_run=dry_run)
+    target = replay_target(queue, to)
+    report = ReplayReport(queue, target=target, dry_run=dry_run)
     depth = queue_stats(connection, queue).messages
     channel = connection.connection.channel()
     publisher = ConfirmedPublisher(connection)
@@ -197,12 +235,12 @@ def replay(
             if not matches(letter, patterns):
                 report.left.append((letter, "does not match the filter"))
                 continue
-            target = letter.original_queue
-            if not target:
-                report.left.append((letter, "original queue unknown"))
+            why = refusal(letter, target, queue)
+            if why is not None or target is None:
+                report.left.append((letter, why or "no target"))
                 continue
             if not _target_exists(connection, target, targets):
-                report.left.append((letter, f"original queue {target!r} does not exist"))
+                report.left.append((letter, f"target queue {target!r} does not exist"))
                 continue
             if dry_run:
                 report.would_replay.append(letter)
