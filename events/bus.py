@@ -391,4 +391,5 @@ class EventBus:
             self.registry,
             policy,
             require_schemas=self.require_schemas,
+            max_message_bytes=self.max_message_bytes,
         )

@@ -20,6 +20,7 @@ from events.envelope import Event
 from events.errors import DecodeError, Permanent, SchemaError
 from events.schemas import SchemaRegistry
 from events.subscriptions import EventHandler
+from kitty_tasks.core.dead_letters import oversized
 from kitty_tasks.core.failure import FailurePolicy, Outcome, RetryPlan, attempt_of
 from kitty_tasks.core.metrics import EVENTS_CONSUMED, EVENTS_FAILED
 from kitty_tasks.core.topology import delay_exchange_name, dlq_name
@@ -55,6 +56,7 @@ class EventDelivery:
         registry: validates each event's data.
         policy: retries or dead-letters failed deliveries.
         require_schemas: dead-letter events of types without a schema.
+        max_message_bytes: bodies over it are dead-lettered before decoding.
     """
 
     queue: str
@@ -62,6 +64,7 @@ class EventDelivery:
     registry: SchemaRegistry
     policy: FailurePolicy
     require_schemas: bool = False
+    max_message_bytes: int = 1024 * 1024
 
     def __call__(self, message: Any, ack: Ack) -> None:
         """Handle ``message`` (a Kombu delivery), then ``ack(message)`` or reject it."""
@@ -78,6 +81,10 @@ class EventDelivery:
 
     def _decide(self, message: Any) -> bool:
         """Run the handler or the failure policy; True to ack ``message``, False to reject."""
+        too_large = oversized(message.body, self.max_message_bytes)
+        if too_large is not None:
+            event_type = str(message.properties.get("type") or "unknown")
+            return self._fail(message, too_large, event_type, retryable=False)
         try:
             event = Event.decode(
                 message.body,

@@ -13,12 +13,12 @@ from typing import Any, TypeVar
 import amqp
 from pydantic import BaseModel, ValidationError
 
-from kitty_tasks.core.errors import ConfigurationError
+from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
+from kitty_tasks.core.errors import ConfigurationError, MessageTooLarge
 from kitty_tasks.core.metrics import RPC_REQUESTS, serve_metrics
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.shutdown import stop_on_signals
 from kitty_tasks.core.topology import dlq_name
-from rpc.dead_letters import RequestDeadLetters
 from rpc.declare import declare_service_queue
 from rpc.errors import MalformedRequest, NotConnected, UnknownMethod
 from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
@@ -41,7 +41,7 @@ DEFAULT_CONCURRENCY = 4
 #: Seconds ``stop`` waits for running handlers before closing the connection anyway.
 DEFAULT_STOP_TIMEOUT = 30.0
 #: Errors that are the caller's fault (counted as ``bad_request``, not logged as failures).
-_CALLER_ERRORS = (MalformedRequest, UnknownMethod, ValidationError)
+_CALLER_ERRORS = (MalformedRequest, MessageTooLarge, UnknownMethod, ValidationError)
 
 LOG_HANDLER_FAILED = "%s: handler for method %s failed; replying with %s"
 LOG_EXPIRED = "%s: skipping a request whose deadline passed (correlation id %s)"
@@ -109,7 +109,7 @@ class RPCServer:
         self._stopped.set()
         self._stop_timeout = DEFAULT_STOP_TIMEOUT
         self._consumer_tag: str | None = None
-        self._dead_letters = RequestDeadLetters(self.url, service)
+        self._dead_letters = QueueDeadLetters(self.url, service)
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -284,6 +284,9 @@ class RPCServer:
             self._ack(delivery)
             return
         try:
+            too_large = oversized(message.body, self.max_message_bytes)
+            if too_large is not None:
+                raise too_large  # before decoding: a huge body costs nothing more
             payload = decode_request(message.body)
             handler = self._methods.find(method)
             body = encode_result(handler.invoke(payload), max_bytes=self.max_message_bytes)

@@ -7,6 +7,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidInput",
     "KittyError",
+    "MessageTooLarge",
     "NotConnected",
     "PayloadTooLarge",
     "Permanent",
@@ -73,3 +74,7 @@ class Permanent(KittyError):
 
 class InvalidInput(Permanent, ValueError):
     """A message's data failed validation; retrying cannot fix it."""
+
+
+class MessageTooLarge(Permanent, ValueError):
+    """A consumed body is over KITTY_MAX_MESSAGE_BYTES: dead-lettered before it is decoded."""

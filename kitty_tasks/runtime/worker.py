@@ -8,8 +8,10 @@ from typing import Any
 from celery import Celery
 from celery.worker.consumer import Consumer
 
+from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.topology import H_ORIGINAL_QUEUE
 
 __all__ = ["KittyConsumer", "check_time_limit", "malformed_reason"]
 
@@ -18,6 +20,7 @@ logger = logging.getLogger(__name__)
 LOG_UNDECODABLE = "undecodable message (%s, content-type %r) rejected to its dead-letter queue: %s"
 
 
+LOG_TOO_LARGE = "oversized task message (task %r) dead-lettered from %s: %s"
 LOG_MALFORMED = "malformed task message (task %r) rejected to its dead-letter queue: %r"
 #: What Celery's message parsing raises on a body of the wrong shape (not [args, kwargs, embed]).
 MALFORMED_BODY_ERRORS = (TypeError, ValueError, AttributeError, IndexError, KeyError)
@@ -95,12 +98,18 @@ class KittyConsumer(Consumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # Built while the worker starts, before it connects: refuse here, not mid-task.
         check_time_limit(self.app)
+        self._max_bytes = get_settings().max_message_bytes
+        self._dead_letters: QueueDeadLetters | None = None
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, but a body that breaks Celery's own parsing is dead-lettered."""
         handler = super().create_task_handler(*args, **kwargs)
 
         def on_task_received(message: Any) -> Any:
+            too_large = oversized(message.body, self._max_bytes)
+            if too_large is not None:
+                self._dead_letter(message, too_large)
+                return None
             reason = malformed_reason(message)
             if reason is not None:
                 # Celery would fail such a task "outside its body" and ack it: lost silently.
@@ -120,6 +129,27 @@ class KittyConsumer(Consumer):  # type: ignore[misc]
                 return None
 
         return on_task_received
+
+    def _dead_letter(self, message: Any, exc: Exception) -> None:
+        """Copy ``message`` to its queue's DLQ with the reason, then ack; reject if that fails."""
+        headers = message.headers or {}
+        queue = str(headers.get(H_ORIGINAL_QUEUE) or message.delivery_info.get("routing_key"))
+        logger.error(LOG_TOO_LARGE, headers.get("task"), queue, exc)
+        if self._dead_letters is None:
+            # Its own connection: this one belongs to the worker's event loop.
+            url = self.app.connection_for_write().as_uri(include_password=True)
+            self._dead_letters = QueueDeadLetters(url)
+        if self._dead_letters.dead_letter(message, exc, queue=queue).ack:
+            message.ack()
+        else:
+            # The copy was not confirmed: rejected, it still reaches the DLQ (with x-death).
+            message.reject_log_error(logger, self.connection_errors, requeue=False)
+
+    def shutdown(self) -> None:
+        """Celery's shutdown, and the dead letters' connection closed."""
+        super().shutdown()
+        if self._dead_letters is not None:
+            self._dead_letters.close()
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         # Celery's default acks the message, which silently drops it; rejecting

@@ -118,3 +118,33 @@ def test_a_failing_request_without_reply_to_is_dead_lettered_like_any_failed_mes
     assert dead.headers[H_ORIGINAL_QUEUE] == service
     assert dead.headers[H_METHOD] == "fail"
     assert dead.properties["correlation_id"] == "c-1"
+
+
+def test_an_oversized_request_is_refused_before_decoding_and_the_server_serves_on(
+    amqp_url: str, echo_service: str
+) -> None:
+    # Given a raw client that bypasses RPCClient's size check with a 2 MiB request
+    body = json.dumps({"x": "a" * 2 * 1024 * 1024}).encode()
+    # Then its caller is told why, and the server goes on serving
+    reply = _raw_request(amqp_url, echo_service, body)
+    assert reply["ok"] is False
+    assert reply["error"]["type"] == "MessageTooLarge"
+    assert "KITTY_MAX_MESSAGE_BYTES" in reply["error"]["message"]
+    with RPCClient(amqp_url) as client:
+        assert client.call(echo_service, {"n": 2}, timeout=5) == {"n": 2}
+
+
+def test_an_oversized_request_without_reply_to_is_dead_lettered_with_why(
+    amqp_url: str, echo_service: str
+) -> None:
+    body = json.dumps({"x": "a" * 2 * 1024 * 1024}).encode()
+    with Connection(amqp_url) as connection:
+        channel = connection.default_channel
+        channel.basic_publish(amqp.Message(body), RPC_EXCHANGE, echo_service)
+        dead = wait_for(
+            lambda: channel.basic_get(dlq_name(echo_service), no_ack=True),
+            30,
+            what="the oversized request in the DLQ",
+        )
+    assert dead.headers[H_ERROR_TYPE] == "MessageTooLarge"
+    assert "over the 1,048,576-byte limit" in dead.headers[H_ERROR_MESSAGE]

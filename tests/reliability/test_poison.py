@@ -49,6 +49,8 @@ TASK_POISONS: list[tuple[str, bytes, str, str]] = [
     ("nan", b'[[], {"query": NaN}, {}]', "application/json", VALIDATED_TASK),
     ("unknown-task", json.dumps([[1], {}, {}]).encode(), "application/json", "no.such.task"),
     ("nested", NESTED.encode(), "application/json", RECORD_TASK),
+    # Well-formed but over KITTY_MAX_MESSAGE_BYTES: dead-lettered before it is decoded.
+    ("two-mib", json.dumps([["a" * TWO_MIB], {}, {}]).encode(), "application/json", RECORD_TASK),
 ]
 
 
@@ -116,6 +118,8 @@ def test_task_poison_messages_are_dead_lettered_and_the_worker_lives(
     }
     print(f"task poisons: sent={len(TASK_POISONS)} dead-lettered={len(dead)} reasons={reasons}")
     assert set(dead) == {p[0] for p in TASK_POISONS}
+    assert reasons["two-mib"] == "MessageTooLarge"
+    assert "over the 1,048,576-byte limit" in dead["two-mib"]["x-kitty-error-message"]
     assert set(read_ids(worker.record_dir, "runs")) == {"good-after-poison"}
     assert alive
 
@@ -127,7 +131,7 @@ class Tick(BaseModel):
 
 
 def test_event_poison_messages_are_dead_lettered_and_oversized_is_refused(node_url: str) -> None:
-    """Guarantee: bad events go to the DLQ once each; a 2 MiB event is refused at publish."""
+    """Guarantee: bad events go to the DLQ once each; a 2 MiB event is refused at both ends."""
     # Given an EventBus subscriber whose registry knows reliability.poison.tick v2 only
     registry = SchemaRegistry()
     registry.register("reliability.poison.tick", Tick, version=2)
@@ -167,17 +171,19 @@ def test_event_poison_messages_are_dead_lettered_and_oversized_is_refused(node_u
                     "reliability.poison.tick",
                 )
             channel.basic_publish(
-                amqp.Message(json.dumps(big).encode(), content_type="application/json"),
+                amqp.Message(
+                    json.dumps(big).encode(), content_type="application/json", message_id="two-mib"
+                ),
                 EVENTS_EXCHANGE,
                 "reliability.poison.tick",
             )
             channel.close()
         bus.publish_many([good])
         bus.start_consuming(block=False)
-        # Then the good and the raw big event are handled, every poison is in the DLQ once
+        # Then the good event is handled; every poison and the raw big event are in the DLQ once
         wait_for(lambda: good.event_id in handled, timeout=60, what="the good event")
         wait_for(
-            lambda: queue_counts(node_url, dlq_name(queue))[0] >= len(poisons),
+            lambda: queue_counts(node_url, dlq_name(queue))[0] >= len(poisons) + 1,
             timeout=60,
             what="every poison dead-lettered",
         )
@@ -190,7 +196,8 @@ def test_event_poison_messages_are_dead_lettered_and_oversized_is_refused(node_u
         f"event poisons: sent={len(poisons)} dead-lettered={len(dead)} handled={len(handled)} "
         f"reasons={reasons}"
     )
-    assert set(dead) == set(poisons)
+    assert set(dead) == {*poisons, "two-mib"}
     assert all(reasons.values())
-    assert sorted(handled) == sorted([good.event_id, big["event_id"]])
+    assert reasons["two-mib"].startswith("message body is 2,097,")
+    assert handled == [good.event_id]
     assert alive

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from kitty_tasks.core.settings import Settings
 from kitty_tasks.core.topology import EVENT_QUEUES, TASK_QUEUES
 from tests.compose_support import (
     ALERTS,
@@ -255,3 +256,11 @@ def test_alerts_read_only_metrics_that_exist() -> None:
 def test_metric_name_extraction() -> None:
     expr = 'sum by (queue) (rate(kitty_tasks_total{outcome="failed"}[5m])) / on(queue) up > 1e3'
     assert metric_names(expr) == {"kitty_tasks_total", "up"}
+
+
+@pytest.mark.parametrize("conf", ["rabbitmq.conf", "cluster.conf"])
+def test_the_broker_refuses_bodies_the_platform_would_refuse(conf: str) -> None:
+    settings = (COMPOSE_DIR / "rabbitmq" / conf).read_text()
+    limit = re.search(r"^max_message_size\s*=\s*(\d+)", settings, re.MULTILINE)
+    assert limit
+    assert int(limit[1]) == Settings.model_fields["max_message_bytes"].default

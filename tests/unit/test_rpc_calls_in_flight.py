@@ -13,6 +13,7 @@ import amqp
 import pytest
 
 from kitty_tasks.core import errors as core_errors
+from kitty_tasks.core.dead_letters import QueueDeadLetters
 from kitty_tasks.core.failure import Outcome
 from rpc import (
     REPLY_TO,
@@ -25,7 +26,6 @@ from rpc import (
     RPCTimeout,
 )
 from rpc.calls import HEAP_SLACK, Call, CallsInFlight
-from rpc.dead_letters import RequestDeadLetters
 from rpc.protocol import encode_error, encode_result
 
 SERVICE = "math.rpc"
@@ -325,7 +325,7 @@ def test_answered_calls_do_not_pile_up_in_the_deadline_heap() -> None:
 
 def test_a_request_whose_copy_cannot_be_confirmed_is_rejected_to_its_dlq() -> None:
     # Given no broker where the dead letters should go
-    dead_letters = RequestDeadLetters("amqp://guest:guest@127.0.0.1:1//", "math.rpc")
+    dead_letters = QueueDeadLetters("amqp://guest:guest@127.0.0.1:1//", "math.rpc")
     request = amqp.Message(b"garbage", application_headers={"x-kitty-rpc-method": "add"})
     # When a failed request is dead-lettered
     outcome = dead_letters.dead_letter(request, ValueError("bad"))

@@ -1,4 +1,4 @@
-"""Dead-lettering of requests no caller can be told about, through the core's failure policy."""
+"""Dead-lettering of deliveries that no retry can fix, through the core's failure policy."""
 
 from __future__ import annotations
 
@@ -9,31 +9,46 @@ from collections.abc import Sequence
 import amqp
 
 from kitty_tasks.core.connection import open_connection
-from kitty_tasks.core.errors import PublishError
+from kitty_tasks.core.errors import MessageTooLarge, PublishError
 from kitty_tasks.core.failure import FailurePolicy, Outcome
 from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
 
-__all__ = ["RequestDeadLetters"]
+__all__ = ["QueueDeadLetters", "oversized"]
 
 
-class RequestDeadLetters:
-    """Copies failed requests of one queue into its DLQ, confirmed, with why; thread-safe."""
+def oversized(body: bytes | str, limit: int) -> MessageTooLarge | None:
+    """The error for a consumed body over ``limit`` bytes (checked before decoding), or None."""
+    size = len(body)
+    if size <= limit:
+        return None
+    return MessageTooLarge(
+        f"message body is {size:,} bytes, over the {limit:,}-byte limit "
+        "(KITTY_MAX_MESSAGE_BYTES); dead-lettered without decoding"
+    )
 
-    # The request link's channel has no publisher confirms (replies need none), so the
-    # copies go through a confirming publisher on a connection of their own, opened at
-    # the first dead letter.
 
-    def __init__(self, url: str, queue: str) -> None:
+class QueueDeadLetters:
+    """Copies deliveries into their queue's DLQ, confirmed, with why; never retries; thread-safe.
+
+    For consumers whose own channel cannot confirm a copy (RPC requests: the link's
+    channel has no confirms; Celery's consumer: its connection belongs to the worker's
+    event loop), so copies go through a confirming publisher on a connection of their
+    own, opened at the first dead letter.
+    """
+
+    def __init__(self, url: str, queue: str = "") -> None:
         self.url = url
         self.queue = queue
         self._lock = threading.Lock()
         self._publisher: ConfirmedPublisher | None = None
-        # A request is never retried: its caller waits for a reply, not for a later attempt.
         self._policy = FailurePolicy(self._publish, max_retries=0)
 
-    def dead_letter(self, message: amqp.Message, exc: BaseException) -> Outcome:
+    def dead_letter(
+        self, message: amqp.Message, exc: BaseException, *, queue: str | None = None
+    ) -> Outcome:
         """Copy ``message`` to ``dlx``; the outcome's ``ack`` says how to settle the original."""
-        outcome, _ = self._policy.handle(message, exc, queue=self.queue, retryable=False)
+        target = queue or self.queue
+        outcome, _ = self._policy.handle(message, exc, queue=target, retryable=False)
         return outcome
 
     def close(self) -> None:
