@@ -90,6 +90,7 @@ class EventDelivery:
                 message.body,
                 content_type=message.content_type,
                 content_encoding=message.content_encoding,
+                message_id=message.properties.get("message_id"),
             )
             self.registry.validate_incoming(event, require=self.require_schemas)
         except (DecodeError, SchemaError) as err:

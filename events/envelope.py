@@ -170,8 +170,12 @@ class Event(BaseModel):
         *,
         content_type: str | None = CONTENT_TYPE,
         content_encoding: str | None = CONTENT_ENCODING,
+        message_id: str | None = None,
     ) -> Event:
-        """Rebuild an event from a message body; ``DecodeError`` says why it cannot be."""
+        """Rebuild an event from a message body; ``DecodeError`` says why it cannot be.
+
+        A body without ``event_id`` takes the AMQP ``message_id``; with neither, it is refused.
+        """
         # A missing content type is tolerated (hand-published messages); any other is refused,
         # so a pickle body is never even parsed.
         if content_type and content_type != CONTENT_TYPE:
@@ -188,10 +192,21 @@ class Event(BaseModel):
             raise DecodeError("body is JSON nested too deeply to decode") from err
         if not isinstance(payload, dict):
             raise DecodeError(f"body is a JSON {type(payload).__name__}, not an event object")
+        missing_id = "event_id" not in payload
+        if missing_id and message_id:
+            # A fresh uuid per decode would give each redelivery another id, and
+            # @idempotent could never recognise it: the id must come from the message.
+            payload["event_id"] = message_id
         try:
-            return cls.model_validate(payload, context=_FROM_JSON)
+            event = cls.model_validate(payload, context=_FROM_JSON)
         except ValidationError as err:
             raise DecodeError(f"body is not an event envelope: {validation_summary(err)}") from err
+        if missing_id and not message_id:
+            raise DecodeError(
+                "event has no id: neither an event_id in the body nor an AMQP message_id, "
+                "so a redelivery could not be recognised; set either"
+            )
+        return event
 
     @overload
     def parse(self, model: type[ModelT], *, registry: SchemaRegistry | None = None) -> ModelT: ...

@@ -15,6 +15,7 @@ from rpc.errors import (
     RequestTooLarge,
     RPCError,
     RPCTimeout,
+    ServiceUnavailable,
     UnknownMethod,
     UnserializableResult,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "RemoteError",
     "ReplyTooLarge",
     "RequestTooLarge",
+    "ServiceUnavailable",
     "UnknownMethod",
     "UnserializableResult",
 ]

@@ -16,7 +16,7 @@ from kitty_tasks.core.metrics import RPC_LATENCY
 from rpc.errors import BadReply, NoRoute, RemoteError, RPCError, RPCTimeout
 from rpc.protocol import DEFAULT_METHOD_LABEL, decode_reply
 
-__all__ = ["Call", "CallsInFlight", "timeout_text"]
+__all__ = ["Call", "CallsInFlight", "timeout_text", "unavailable_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,16 @@ class CallsInFlight:
             self.settle(call, "timeout", error=error)
         return None if next_wake == float("inf") else max(0.0, next_wake - now)
 
+    def services_waiting(self, started_before: float) -> set[str]:
+        """The services that calls started before ``started_before`` still wait for."""
+        with self._lock:
+            return {c.service for c in self._calls.values() if c.started < started_before}
+
+    def to_service(self, service: str) -> list[Call]:
+        """The calls in flight to ``service``."""
+        with self._lock:
+            return [c for c in self._calls.values() if c.service == service]
+
     def fail_all(self, error: RPCError) -> None:
         """Fail every call in flight with ``error`` and stop tracking them."""
         with self._lock:
@@ -177,6 +187,13 @@ class CallsInFlight:
         if histogram is None:
             histogram = self._histograms[key] = RPC_LATENCY.labels(*key)
         histogram.observe(time.monotonic() - call.started)
+
+
+def unavailable_text(service: str, exists: bool) -> str:
+    """The message of a ``ServiceUnavailable``: the queue, and that no server consumes it."""
+    if not exists:
+        return f"no RPC server for service {service!r}: its request queue does not exist"
+    return f"no RPC server is consuming the request queue {service!r} (is the server running?)"
 
 
 def timeout_text(service: str, method: str | None, timeout: float) -> str:

@@ -18,10 +18,11 @@ from kitty_tasks.core.connection import safe_url
 from kitty_tasks.core.errors import BrokerUnavailable
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import RPC_EXCHANGE
-from rpc.calls import Call, CallsInFlight, timeout_text
+from rpc.calls import Call, CallsInFlight, timeout_text, unavailable_text
 from rpc.declare import declare_exchanges
-from rpc.errors import ConnectionLost, NotConnected, RPCTimeout
+from rpc.errors import ConnectionLost, NotConnected, RPCTimeout, ServiceUnavailable
 from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
+from rpc.presence import WATCH_INTERVAL, ServicePresence
 from rpc.protocol import (
     CONTENT_TYPE,
     REPLY_TO,
@@ -65,6 +66,8 @@ class RPCClient:
         )
         self._lock = threading.Lock()  # guards connect and disconnect
         self._calls = CallsInFlight()
+        self._presence = ServicePresence(self._link.open_channel)
+        self._next_watch = 0.0
         self._stopping = threading.Event()
         self._reader: threading.Thread | None = None
         self._ids = itertools.count()
@@ -101,6 +104,7 @@ class RPCClient:
         self._link.wake()
         reader.join()
         self._link.dispose()
+        self._presence.fail_pending(NotConnected(LOG_DISCONNECTED))
         self._calls.fail_all(NotConnected(LOG_DISCONNECTED))
 
     close = disconnect
@@ -141,6 +145,8 @@ class RPCClient:
         Raises:
             RPCTimeout: no reply within ``timeout`` seconds.
             NoRoute: no server queue is bound for ``service``.
+            ServiceUnavailable: no server consumes ``service``'s queue, or its server
+                stopped while the call waited (``NoRoute`` is one kind of it).
             RemoteError: the handler failed; ``.type`` and ``.message`` say how.
             ConnectionLost: the connection dropped while waiting.
             InvalidPayload: ``payload`` is not a JSON object or is too large (nothing sent).
@@ -179,6 +185,8 @@ class RPCClient:
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
         call = Call(deadline, correlation_id, service, method, started, timeout, future)
+        if not self._presence.fresh(service, started) and not self._served(call):
+            return future
         if self._calls.add(call):
             self._link.wake()  # the reader must fail this call before any other
         message = amqp.Message(
@@ -201,6 +209,34 @@ class RPCClient:
             ) from err
         return future
 
+    def _served(self, call: Call) -> bool:
+        """Check that a server consumes ``call``'s service before sending; else settle the call.
+
+        A request sent to a queue nobody consumes would wait out its timeout there, then
+        expire into the service's DLQ. A missing queue is left to the mandatory publish,
+        whose return raises ``NoRoute`` as before.
+        """
+        check = self._presence.request(call.service)
+        self._link.wake()  # the reader thread does the check
+        try:
+            stat = check.result(max(0.0, call.deadline - time.monotonic()))
+        except FutureTimeout:
+            text = timeout_text(call.service, call.method, call.timeout)
+            error: Exception = RPCTimeout(text, service=call.service, method=call.method)
+            self._calls.settle(call, "timeout", error=error)
+            return False
+        except Exception as err:
+            self._calls.settle(call, "error", error=err)
+            return False
+        if stat is not None and stat.consumers == 0:
+            error = ServiceUnavailable(
+                unavailable_text(call.service, exists=True) + "; the request was not sent",
+                service=call.service,
+            )
+            self._calls.settle(call, "unavailable", error=error)
+            return False
+        return True
+
     # -- reader thread -------------------------------------------------------------------
 
     def _setup(self, channel: amqp.Channel) -> None:
@@ -212,10 +248,48 @@ class RPCClient:
 
     def _read_loop(self) -> None:
         self._link.serve(
-            self._stopping, setup=self._setup, on_lost=self._on_lost, on_idle=self._calls.expire
+            self._stopping, setup=self._setup, on_lost=self._on_lost, on_idle=self._on_idle
         )
 
+    def _on_idle(self) -> float | None:
+        """Answer presence checks, watch the services calls wait for, fail expired calls."""
+        self._presence.run_pending()
+        now = time.monotonic()
+        if now >= self._next_watch:
+            self._next_watch = now + WATCH_INTERVAL
+            self._watch(now)
+        wanted = self._calls.expire(now)
+        if len(self._calls):
+            until_watch = max(0.0, self._next_watch - now)
+            wanted = until_watch if wanted is None else min(wanted, until_watch)
+        return wanted
+
+    def _watch(self, now: float) -> None:
+        """Fail the calls whose requests wait in a queue no server consumes, taking them back."""
+        # Only calls older than one interval are watched, so fast calls never cost a check.
+        for service in self._calls.services_waiting(now - WATCH_INTERVAL):
+            stat = self._presence.stat(service)
+            if stat is None:  # the queue was deleted, and the requests with it
+                self._abandon(self._calls.to_service(service), exists=False)
+            elif stat.consumers == 0 and stat.ready:
+                # Only requests found in the queue are given up: one that a stopping server
+                # still holds may yet be answered, and comes back here if it is not. Taken
+                # back, they do not expire into the service's DLQ.
+                waiting = {c.correlation_id: c for c in self._calls.to_service(service)}
+                found = self._presence.reclaim(service, waiting.keys())
+                self._abandon([waiting[cid] for cid in found], exists=True)
+
+    def _abandon(self, calls: list[Call], *, exists: bool) -> None:
+        """Fail ``calls`` with ``ServiceUnavailable``; their requests are not in the broker."""
+        for call in calls:
+            if self._calls.pop(call.correlation_id) is None:
+                continue  # answered meanwhile
+            text = unavailable_text(call.service, exists=exists)
+            error = ServiceUnavailable(f"{text}; the call was abandoned", service=call.service)
+            self._calls.settle(call, "unavailable", error=error)
+
     def _on_lost(self, err: BaseException) -> None:
+        self._presence.fail_pending(ConnectionLost(f"the broker connection dropped ({err})"))
         self._calls.fail_all(
             ConnectionLost(
                 f"the broker connection dropped while waiting for the reply "

@@ -17,6 +17,7 @@ __all__ = [
     "RemoteError",
     "ReplyTooLarge",
     "RequestTooLarge",
+    "ServiceUnavailable",
     "UnknownMethod",
     "UnserializableResult",
 ]
@@ -35,12 +36,16 @@ class RPCTimeout(RPCError, TimeoutError):
         self.method = method
 
 
-class NoRoute(RPCError):
-    """No server queue is bound for the service (basic.return); nothing ran."""
+class ServiceUnavailable(RPCError):
+    """No server consumes the service's request queue: the call was not sent, or was abandoned."""
 
     def __init__(self, message: str, *, service: str = "") -> None:
         super().__init__(message)
         self.service = service
+
+
+class NoRoute(ServiceUnavailable):
+    """No server queue is bound for the service (basic.return); nothing ran."""
 
 
 class RemoteError(RPCError):

@@ -115,6 +115,13 @@ class Link:
         self.generation += 1
         return channel
 
+    def open_channel(self) -> amqp.Channel:
+        """Open another channel on the connection; only the reading thread may call this."""
+        raw = self._raw
+        if raw is None:
+            raise NotConnected("the broker connection is closed")
+        return raw.channel()
+
     def publish(
         self, message: amqp.Message, exchange: str, routing_key: str, *, mandatory: bool = False
     ) -> None:

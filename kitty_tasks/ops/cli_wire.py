@@ -60,9 +60,13 @@ def events_publish(
         click.echo(f"published {event.event_type} as {event.event_id}")
 
 
-def _event_line(body: bytes | str, content_type: str | None, as_json: bool) -> str:
+def _event_line(message: Any, as_json: bool) -> str:
     try:
-        event = Event.decode(body, content_type=content_type)
+        event = Event.decode(
+            message.body,
+            content_type=message.content_type,
+            message_id=message.properties.get("message_id"),
+        )
     except DecodeError as err:
         return json.dumps({"undecodable": str(err)}) if as_json else f"undecodable: {err}"
     if as_json:
@@ -100,7 +104,7 @@ def events_tail(
         def on_message(body: Any, message: Any) -> None:
             nonlocal seen
             seen += 1
-            click.echo(_event_line(message.body, message.content_type, as_json))
+            click.echo(_event_line(message, as_json))
 
         with connection.Consumer(queue, callbacks=[on_message], accept=["json"], no_ack=True):
             # On stderr, so that --json output stays pure; scripts can wait for this line.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import threading
@@ -17,14 +18,14 @@ from kombu import Connection
 from events import EventBus
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.settings import get_settings
-from kitty_tasks.core.topology import BRAIN_COMMANDS, CAD_TASKS, RESEARCH_TASKS
+from kitty_tasks.core.topology import BRAIN_COMMANDS, CAD_TASKS, RESEARCH_TASKS, dlq_name
 from kitty_tasks.runtime.application import app
 from kitty_tasks.runtime.taskqueue import TaskQueue
 from kitty_tasks.tasks.brain import brain_command
 from kitty_tasks.tasks.cad import cad_generate
 from kitty_tasks.tasks.research import research_paper
 from rpc import RPCClient, RPCServer
-from rpc.errors import NoRoute, RemoteError
+from rpc.errors import RemoteError, ServiceUnavailable
 
 __all__ = ["DemoError", "main"]
 
@@ -154,17 +155,26 @@ def events_step(url: str, timeout: float) -> list[str]:
     finally:
         subscriber.stop(timeout=10)
         subscriber.disconnect()
-        _delete_queues(url, [subscription.queue, subscription.dead_letter_queue])
+        # The demo's own subscription would otherwise collect every later print event forever.
+        lines.extend(_delete_queues(url, [subscription.queue, subscription.dead_letter_queue]))
     return lines
 
 
-def _delete_queues(url: str, names: list[str]) -> None:
-    # The demo's own subscription would otherwise collect every later print event forever.
-
+def _delete_queues(url: str, names: list[str]) -> list[str]:
+    """Delete the demo's queues unless a consumer or a message still needs them; say which stay."""
+    kept = []
     with Connection(url, connect_timeout=5) as connection:
-        channel = connection.channel()
         for name in names:
-            channel.queue_delete(queue=name)
+            # A channel per queue: a refused delete (in use, not empty) closes its channel.
+            channel = connection.channel()
+            try:
+                channel.queue_delete(queue=name, if_unused=True, if_empty=True)
+            except connection.channel_errors as err:
+                kept.append(f"left queue {name!r} in place: {err}")
+            finally:
+                with contextlib.suppress(*connection.channel_errors):
+                    channel.close()
+    return kept
 
 
 def rpc_step(url: str, timeout: float) -> list[str]:
@@ -182,8 +192,10 @@ def rpc_step(url: str, timeout: float) -> list[str]:
     client.connect()
     lines = []
     try:
+        if not server.wait_ready(timeout):
+            raise DemoError(f"the demo's {RPC_SERVICE} server did not start within {timeout} s")
         began = time.perf_counter()
-        answer = _call_when_ready(client, {"a": 5, "b": 3}, timeout)
+        answer = client.call(RPC_SERVICE, {"a": 5, "b": 3}, timeout=timeout)
         took = (time.perf_counter() - began) * 1000
         lines.append(f"call {RPC_SERVICE} {{'a': 5, 'b': 3}} -> {answer} in {took:.1f} ms")
         # The server logs a failing handler's traceback; here the failure is the point.
@@ -198,26 +210,16 @@ def rpc_step(url: str, timeout: float) -> list[str]:
             server_log.setLevel(level)
         try:
             client.call("nobody.rpc", {}, timeout=timeout)
-        except NoRoute as err:
-            lines.append(f"call nobody.rpc -> NoRoute at once: {err}")
+        except ServiceUnavailable as err:
+            lines.append(f"call nobody.rpc -> {type(err).__name__} at once: {err}")
     finally:
         client.disconnect()
         server.stop()
         serving.join(timeout=10)
+        # Else the durable math.rpc queue stays without a server, and later calls to it
+        # would find it (a real math.rpc service keeps its queue: it is in use).
+        lines.extend(_delete_queues(url, [RPC_SERVICE, dlq_name(RPC_SERVICE)]))
     return lines
-
-
-def _call_when_ready(client: Any, payload: dict[str, Any], timeout: float) -> Any:
-
-    # The server thread binds its queue moments after start(); until then a call has no route.
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return client.call(RPC_SERVICE, payload, timeout=timeout)
-        except NoRoute:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 STEPS: tuple[tuple[str, Step], ...] = (

@@ -12,7 +12,7 @@ from prometheus_client.registry import Collector
 
 from kitty_tasks.core.connection import connected
 from kitty_tasks.core.management import ManagementClient
-from kitty_tasks.ops.queues import is_dead_letter_queue
+from kitty_tasks.ops.queues import is_dead_letter_queue, is_reported, rpc_service_queues
 from kitty_tasks.ops.replay import list_dlqs
 
 __all__ = ["BrokerCollector", "serve"]
@@ -54,7 +54,12 @@ class BrokerCollector(Collector):
     def read(self) -> dict[str, GaugeMetricFamily]:
         """One reading of the broker, as metric families by name."""
         families = {name: _family(name) for name in FAMILIES if name != "kitty_exporter_broker_up"}
-        queues: list[dict[str, Any]] = self.management.queues(self.vhost)
+        # Only the platform's queues: uuid-named reply and result queues come and go, and
+        # each would be a new label value (a new series) in Prometheus.
+        rpc_queues = rpc_service_queues(self.management, self.vhost)
+        queues: list[dict[str, Any]] = [
+            q for q in self.management.queues(self.vhost) if is_reported(str(q["name"]), rpc_queues)
+        ]
         for queue in queues:
             name = str(queue["name"])
             if is_dead_letter_queue(name):

@@ -78,10 +78,11 @@ def build_command(
         )
     # The password stays in the environment (Flower reads FLOWER_BASIC_AUTH itself),
     # so it never shows up in `ps` output the way a --basic-auth argument would.
+    # Celery's command line, with Flower's Broker tab limited to the platform's vhost.
     return [
         sys.executable,
         "-m",
-        "celery",
+        "kitty_tasks.ops.flower_app",
         "-A",
         "kitty_tasks",
         "flower",

@@ -9,7 +9,13 @@ from kombu import Connection
 
 from kitty_tasks.core.management import ManagementClient
 from kitty_tasks.core.topology import TASK_QUEUES
-from kitty_tasks.ops.queues import QueueNotFound, queue_kind, queue_stats
+from kitty_tasks.ops.queues import (
+    QueueNotFound,
+    is_reported,
+    queue_kind,
+    queue_stats,
+    rpc_service_queues,
+)
 
 __all__ = ["HealthReport", "QueueHealth", "check_health"]
 
@@ -102,7 +108,10 @@ def check_health(
     broker: str = "",
     dead_letters_fail: bool = False,
 ) -> HealthReport:
-    """Look at the broker and every queue of ``vhost``; list what is wrong, if anything.
+    """Look at the broker and the platform's queues of ``vhost``; list what is wrong, if anything.
+
+    The platform's queues are the topology's, the DLQs, the event subscribers' and the
+    RPC servers' (``is_reported``); reply queues and other strays are left out.
 
     The task queues' consumers and depths come from a passive declare, which is
     exact; the other queues come from the management API, whose numbers can lag
@@ -112,7 +121,12 @@ def check_health(
     report = HealthReport(vhost=vhost, broker=broker)
     report.nodes, report.alarms = node_alarms(list(management.get("nodes") or []))
     report.problems.extend(report.alarms)
-    listed = {str(q["name"]): q for q in management.queues(vhost)}
+    rpc_queues = rpc_service_queues(management, vhost)
+    listed = {
+        str(q["name"]): q
+        for q in management.queues(vhost)
+        if is_reported(str(q["name"]), rpc_queues)
+    }
     for name in TASK_QUEUES:
         try:
             stats = queue_stats(connection, name)
@@ -132,7 +146,7 @@ def check_health(
         if name in TASK_QUEUES:
             continue
         info = listed[name]
-        kind = queue_kind(name)
+        kind = queue_kind(name, rpc_queues)
         ready = int(info.get("messages_ready") or 0)
         unacked = int(info.get("messages_unacknowledged") or 0)
         report.queues.append(

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import amqp
 from kombu import Connection
 
 from kitty_tasks.core.errors import KittyError
+from kitty_tasks.core.management import ManagementClient, ManagementError
 from kitty_tasks.core.topology import (
     DELAY_PREFIX,
     DLQ_SUFFIX,
     DLX_QUEUE,
     EVENT_QUEUES,
+    RPC_EXCHANGE,
+    SUBSCRIBER_QUEUE_TEMPLATE,
     TASK_QUEUES,
+    TOPOLOGY,
     dlq_name,
 )
 
@@ -21,10 +26,17 @@ __all__ = [
     "QueueNotFound",
     "QueueStats",
     "is_dead_letter_queue",
+    "is_reported",
     "queue_kind",
     "queue_stats",
     "resolve_dlq",
+    "rpc_service_queues",
 ]
+
+#: How every subscriber queue's name ends (``{source}.{pattern}.events``).
+SUBSCRIBER_SUFFIX = SUBSCRIBER_QUEUE_TEMPLATE.rpartition("}")[2]
+#: The queues the topology declares.
+TOPOLOGY_QUEUES = frozenset(q.name for q in TOPOLOGY.queues)
 
 
 class QueueNotFound(KittyError):
@@ -75,14 +87,35 @@ def resolve_dlq(connection: Connection, name: str) -> str:
     return name
 
 
-def queue_kind(name: str) -> str:
-    """``task``, ``event``, ``dlq``, ``delay`` or ``other`` (RPC and the rest)."""
+def queue_kind(name: str, rpc_queues: Collection[str] = ()) -> str:
+    """``task``, ``event``, ``dlq``, ``delay``, ``rpc`` (one of ``rpc_queues``) or ``other``."""
     if name in TASK_QUEUES:
         return "task"
     if is_dead_letter_queue(name):
         return "dlq"
     if name.startswith(DELAY_PREFIX):
         return "delay"
-    if name in EVENT_QUEUES or name.endswith(".events"):
+    if name in EVENT_QUEUES or name.endswith(SUBSCRIBER_SUFFIX):
         return "event"
+    if name in rpc_queues:
+        return "rpc"
     return "other"
+
+
+def is_reported(name: str, rpc_queues: Collection[str] = ()) -> bool:
+    """True for the queues health and the exporter report: the topology's, DLQs, subscribers', RPC.
+
+    Reply and result queues (named by uuids) and other strays are left out, so the
+    exporter's ``queue`` label takes a bounded set of values.
+    """
+    return name in TOPOLOGY_QUEUES or queue_kind(name, rpc_queues) != "other"
+
+
+def rpc_service_queues(management: ManagementClient, vhost: str) -> set[str]:
+    """The RPC servers' request queues of ``vhost``: those bound to ``kitty.rpc``."""
+    path = f"exchanges/{management.quote(vhost)}/{management.quote(RPC_EXCHANGE)}/bindings/source"
+    try:
+        bindings = management.get(path) or []
+    except ManagementError:
+        return set()  # no kitty.rpc in this vhost (404): no RPC queues either
+    return {str(b["destination"]) for b in bindings if b.get("destination_type") == "queue"}

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from kitty_tasks.core.connection import vhost_of
+from kitty_tasks.core.management import ManagementClient
 from tests.helpers import ROOT, wait_for
 from tests.integration.ops_support import free_port
 
@@ -245,3 +247,26 @@ def test_demo_without_the_platform_says_how_to_start_it(ops_url: str) -> None:
     assert "start the platform with `make run`" in demo.stdout
     assert "2 of 4 steps failed" in demo.stderr
     assert "{'result': 8}" in demo.stdout
+
+
+def test_demo_leaves_only_the_platform_topology(
+    ops_url: str, management_client: ManagementClient
+) -> None:
+    # Given a vhost with the platform's topology
+    vhost = vhost_of(ops_url)
+    before = {q["name"] for q in management_client.queues(vhost)}
+    # When `make demo` runs its self-contained steps (events, RPC) there
+    demo = subprocess.run(
+        [sys.executable, "-m", "kitty_tasks.ops.demo", "--url", ops_url, "--timeout", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "{'result': 8}" in demo.stdout, demo.stdout + demo.stderr
+    assert "subscriber got fabrication.print.completed" in demo.stdout
+    # Then every queue it declared is gone (math.rpc, its DLQ, its subscriber's), and the
+    # platform's queues are all still there
+    after = {q["name"] for q in management_client.queues(vhost)}
+    assert after == before, f"left behind: {after - before}; lost: {before - after}"

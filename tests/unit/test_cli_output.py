@@ -11,7 +11,7 @@ from kitty_tasks.core.connection import safe_url as redact
 from kitty_tasks.ops.cli import main
 from kitty_tasks.ops.cli_format import format_age, table, truncate
 from kitty_tasks.ops.health import HealthReport, node_alarms
-from kitty_tasks.ops.queues import is_dead_letter_queue, queue_kind
+from kitty_tasks.ops.queues import is_dead_letter_queue, is_reported, queue_kind
 
 #: Nothing listens on port 1: "broker down" without touching a real broker.
 DOWN = "amqp://guest:secret@127.0.0.1:1//"
@@ -52,6 +52,11 @@ def test_queue_kinds_and_dead_letter_queue_names() -> None:
     assert queue_kind("kitty.delay.5s") == "delay"
     assert queue_kind("fabrication.events") == "event"
     assert queue_kind("math.rpc") == "other"
+    assert queue_kind("math.rpc", rpc_queues={"math.rpc"}) == "rpc"
+    assert queue_kind("audit-service.fabrication.print.all.events") == "event"
+    assert is_reported("kitty.delay.5s")
+    assert is_reported("math.rpc", rpc_queues={"math.rpc"})
+    assert not is_reported("1f0e4a52-6c3b-4b8e-9d0a-3f1c2b7a9e10")
     assert is_dead_letter_queue("notifications.dlq")
     assert not is_dead_letter_queue("notifications")
 

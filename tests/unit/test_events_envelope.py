@@ -182,8 +182,27 @@ def test_decode_errors_say_why(body: bytes, kwargs: dict[str, Any], message: str
 
 
 def test_decode_tolerates_a_missing_content_type_and_unknown_fields() -> None:
-    event = Event.decode(b'{"event_type": "a.b.c", "future_field": 1}', content_type=None)
+    event = Event.decode(
+        b'{"event_id": "e-1", "event_type": "a.b.c", "future_field": 1}', content_type=None
+    )
     assert event.event_type == "a.b.c"
+
+
+def test_decode_takes_a_missing_event_id_from_the_message_id_every_time() -> None:
+    body = b'{"event_type": "a.b.c"}'
+    first = Event.decode(body, message_id="m-1")
+    again = Event.decode(body, message_id="m-1")
+    assert first.event_id == again.event_id == "m-1"
+    # The body's own id wins over the message's
+    assert (
+        Event.decode(b'{"event_id": "e-1", "event_type": "a.b.c"}', message_id="m-1").event_id
+        == "e-1"
+    )
+
+
+def test_decode_refuses_an_event_without_any_id() -> None:
+    with pytest.raises(DecodeError, match="neither an event_id in the body nor an AMQP message_id"):
+        Event.decode(b'{"event_type": "a.b.c"}')
 
 
 class PrintStarted(BaseModel):

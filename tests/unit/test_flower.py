@@ -28,7 +28,7 @@ def command(
 
 def test_starts_flower_with_auth_from_the_environment() -> None:
     argv = command({"FLOWER_BASIC_AUTH": "ops:correct-horse"})
-    assert argv[1:6] == ["-m", "celery", "-A", "kitty_tasks", "flower"]
+    assert argv[1:6] == ["-m", "kitty_tasks.ops.flower_app", "-A", "kitty_tasks", "flower"]
     assert "--address=0.0.0.0" in argv
     assert "--port=5555" in argv
     assert f"--broker-api={API}" in argv

@@ -48,6 +48,10 @@ class StubChannel:
         self.consumers[queue] = callback
         return "stub-consumer"
 
+    def queue_declare(self, queue: str, *, passive: bool) -> tuple[str, int, int]:
+        """A passive declare: every service has one server here."""
+        return queue, 0, 1
+
 
 class StubLink:
     """A Link without a broker: publishes are recorded; the reader thread serves stub frames."""
@@ -65,6 +69,9 @@ class StubLink:
     def open(self) -> StubChannel:
         self.channel = StubChannel()
         return self.channel
+
+    def open_channel(self) -> StubChannel:
+        return StubChannel()
 
     def close(self, *, clean: bool = True) -> None:
         self.ready.clear()
