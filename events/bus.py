@@ -36,6 +36,7 @@ from events.subscriptions import (
 from kitty_tasks.core.connection import open_connection
 from kitty_tasks.core.failure import FailurePolicy
 from kitty_tasks.core.metrics import serve_metrics
+from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.publisher import OutgoingMessage
 from kitty_tasks.core.settings import Settings, get_settings
 from kitty_tasks.core.shutdown import stop_on_signals
@@ -112,6 +113,7 @@ class EventBus:
         self._threads = ConsumerThreads(self._delivery, declare=declare)
         self._lock = threading.RLock()
         self._ladder_declared = False
+        self._offload = Offload("event-publish", pool_limit)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,6 +143,7 @@ class EventBus:
                 pool.close()
             if connection is not None:
                 connection.release()
+        self._offload.shutdown()
 
     close = disconnect
 
@@ -222,6 +225,39 @@ class EventBus:
         )
         self._send([event], caller_properties(properties), allow_unroutable)
         return event
+
+    async def apublish(
+        self,
+        event_type: str,
+        data: Mapping[str, Any] | BaseModel | None = None,
+        correlation_id: str | None = None,
+        *,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+        version: int | None = None,
+        properties: object = None,
+        allow_unroutable: bool | None = None,
+    ) -> Event:
+        """``publish`` for coroutines: the same arguments, confirm and errors; the loop stays free.
+
+        Cancelling the awaiting task stops the wait only: an event already handed to the
+        broker may still arrive.
+        """
+        # A publish holds one pooled connection (its confirm channel) from the first frame to
+        # the confirm, so apublish and publish from other threads never share a channel;
+        # the pool's size is also the most publishes that can wait for confirms at once, so
+        # the offload has that many threads and no more.
+        return await self._offload.run(
+            self.publish,
+            event_type,
+            data,
+            correlation_id,
+            causation_id=causation_id,
+            traceparent=traceparent,
+            version=version,
+            properties=properties,
+            allow_unroutable=allow_unroutable,
+        )
 
     def publish_many(
         self,
