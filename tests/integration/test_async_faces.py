@@ -21,11 +21,13 @@ import pytest
 from kombu import Connection
 
 from events import Event, EventBus, PayloadTooLarge, PublishRejected
+from events import NotConnected as EventsNotConnected
+from events.publishing import DEFAULT_POOL_LIMIT as POOL_LIMIT
 from kitty_tasks import TaskQueue
 from kitty_tasks.core.errors import PayloadTooLarge as TaskPayloadTooLarge
 from kitty_tasks.core.metrics import RPC_LATENCY
 from kitty_tasks.core.topology import EVENTS_EXCHANGE, RESEARCH_TASKS
-from rpc import NoRoute, RemoteError, RPCClient, RPCServer, RPCTimeout
+from rpc import NoRoute, NotConnected, RemoteError, RPCClient, RPCServer, RPCTimeout
 from rpc.calls import LOG_LATE
 from rpc.client import SEND_THREADS
 from tests.helpers import ROOT, queue_counts, wait_for
@@ -201,9 +203,10 @@ def test_100_acalls_and_100_apublishes_leave_the_loop_free(
     seen = seen_file.read_text().split()
     assert sorted(seen) == sorted(event.event_id for each in done for event in each.sent)
     assert client.in_flight == 0
-    # The waits held no thread each: a few senders served the hundred calls
-    senders = [t for t in threading.enumerate() if t.name.startswith("rpc-send")]
-    assert len(senders) <= SEND_THREADS
+    # The waits held no thread each: a few threads served the hundred calls and events
+    threads = [t.name for t in threading.enumerate()]
+    assert len([name for name in threads if name.startswith("rpc-send")]) <= SEND_THREADS
+    assert len([name for name in threads if name.startswith("event-publish")]) <= POOL_LIMIT
     # And the loop kept its heartbeat (the one timed assertion the issue asks for)
     warm = done[1:]
     assert all(each.heartbeat.ticks > 0 for each in warm)
@@ -236,6 +239,9 @@ def test_acall_raises_what_call_raises(amqp_url: str, client: RPCClient) -> None
     with pytest.raises(ValueError, match="needs a service name"):
         asyncio.run(client.acall("", {"a": 1}))
     assert client.in_flight == 0
+    # A client not connected yet
+    with pytest.raises(NotConnected, match="call connect"):
+        asyncio.run(RPCClient(amqp_url).acall(failing, {"a": 1}))
 
 
 def test_a_cancelled_acall_is_forgotten_and_its_late_reply_discarded(
@@ -293,6 +299,8 @@ def test_apublish_raises_what_publish_raises(amqp_url: str) -> None:
 
             asyncio.run(publish_three())
         assert queue_counts(amqp_url, queue)[0] == 1
+        with pytest.raises(EventsNotConnected, match="not connected"):
+            asyncio.run(EventBus(amqp_url, source="async-probe").apublish(event_type, {}))
     finally:
         with Connection(amqp_url) as connection:
             connection.default_channel.queue_delete(queue)
