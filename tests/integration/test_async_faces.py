@@ -20,19 +20,17 @@ from typing import Any, TypeVar
 import pytest
 from kombu import Connection
 
-from events import Event, EventBus, PayloadTooLarge, PublishRejected
+from events import Event, EventBus, PayloadTooLarge, PublishRejected, Unroutable
 from events import NotConnected as EventsNotConnected
-from events.publishing import DEFAULT_POOL_LIMIT as POOL_LIMIT
 from kitty_tasks import TaskQueue
 from kitty_tasks.core.errors import PayloadTooLarge as TaskPayloadTooLarge
 from kitty_tasks.core.metrics import RPC_LATENCY
-from kitty_tasks.core.topology import EVENTS_EXCHANGE, RESEARCH_TASKS
+from kitty_tasks.core.topology import AUDIT_EVENTS, EVENTS_EXCHANGE, RESEARCH_TASKS
 from rpc import NoRoute, NotConnected, RemoteError, RPCClient, RPCServer, RPCTimeout
 from rpc.calls import LOG_LATE
 from rpc.client import SEND_THREADS
 from tests.helpers import ROOT, queue_counts, wait_for
 from tests.integration.async_peer import READY
-from tests.integration.events_helpers import unique
 from tests.integration.rpc_support import service_name, serving
 from tests.integration.test_tasks import drain
 
@@ -206,7 +204,7 @@ def test_100_acalls_and_100_apublishes_leave_the_loop_free(
     # The waits held no thread each: a few threads served the hundred calls and events
     threads = [t.name for t in threading.enumerate()]
     assert len([name for name in threads if name.startswith("rpc-send")]) <= SEND_THREADS
-    assert len([name for name in threads if name.startswith("event-publish")]) <= POOL_LIMIT
+    assert len([name for name in threads if name.startswith("event-publish")]) <= 1
     # And the loop kept its heartbeat (the one timed assertion the issue asks for)
     warm = done[1:]
     assert all(each.heartbeat.ticks > 0 for each in warm)
@@ -276,34 +274,52 @@ def test_a_cancelled_acall_is_forgotten_and_its_late_reply_discarded(
     assert len(late) == 2
 
 
-def test_apublish_raises_what_publish_raises(amqp_url: str) -> None:
-    queue, event_type = unique("async-tiny"), f"asyncprobe.full.{uuid.uuid4().hex[:8]}"
-    with Connection(amqp_url) as connection:
+def test_concurrent_apublishes_each_get_their_own_outcome(ops_url: str) -> None:
+    # Given a vhost where one event type fills a reject-publish queue, and nothing
+    # catches every key (audit.events' "#" unbound), so other types can be unroutable
+    full_type, lost_type = "asyncprobe.full.made", "nobody.listens.here"
+    with Connection(ops_url) as connection:
         channel = connection.channel()
+        channel.queue_unbind(AUDIT_EVENTS, EVENTS_EXCHANGE, "#")
         channel.queue_declare(
-            queue, durable=True, auto_delete=False,
+            "async-tiny", durable=True, auto_delete=False,
             arguments={"x-max-length": 1, "x-overflow": "reject-publish"},
         )  # fmt: skip
-        channel.queue_bind(queue, EVENTS_EXCHANGE, event_type)
+        channel.queue_bind("async-tiny", EVENTS_EXCHANGE, full_type)
         channel.close()
-    try:
-        with EventBus(amqp_url, source="async-probe", max_message_bytes=2048) as bus:
+    with EventBus(ops_url, source="async-probe", max_message_bytes=2048) as bus:
+        bus.publish(full_type, {"n": 0})
 
-            async def publish_three() -> None:
-                first = await bus.apublish(event_type, {"n": 1})
-                assert first.event_type == event_type
-                with pytest.raises(PublishRejected, match=f"queue '{queue}' is full"):
-                    await bus.apublish(event_type, {"n": 2})
-                with pytest.raises(PayloadTooLarge, match="over the 2,048-byte limit"):
-                    await bus.apublish(event_type, {"blob": "x" * 4096})
+        async def all_at_once() -> list[Event | BaseException]:
+            return await asyncio.gather(
+                bus.apublish(full_type, {"n": 1}),
+                *(bus.apublish("fabrication.print.started", {"n": n}) for n in range(3)),
+                bus.apublish(lost_type, {"n": 5}),
+                bus.apublish(lost_type, {"n": 6}, allow_unroutable=True),
+                return_exceptions=True,
+            )
 
-            asyncio.run(publish_three())
-        assert queue_counts(amqp_url, queue)[0] == 1
-        with pytest.raises(EventsNotConnected, match="not connected"):
-            asyncio.run(EventBus(amqp_url, source="async-probe").apublish(event_type, {}))
-    finally:
-        with Connection(amqp_url) as connection:
-            connection.default_channel.queue_delete(queue)
+        # When they are published together (one batch, or more: each answer is its own)
+        full, *printed, lost, allowed = asyncio.run(all_at_once())
+        # Then each raised or returned as publish would have for it alone
+        assert isinstance(full, PublishRejected)
+        assert (str(full), full.queue) == (
+            f"broker refused event(s) '{full_type}': queue 'async-tiny' is full "
+            "(x-overflow reject-publish)",
+            "async-tiny",
+        )
+        assert isinstance(lost, Unroutable)
+        assert lost.routing_key == lost_type
+        assert isinstance(allowed, Event)
+        assert bus.unroutable_count == 1
+        assert all(isinstance(event, Event) for event in printed)
+        # Bad input raises at once, before anything is queued
+        with pytest.raises(PayloadTooLarge, match="over the 2,048-byte limit"):
+            asyncio.run(bus.apublish(full_type, {"blob": "x" * 4096}))
+    assert queue_counts(ops_url, "fabrication.events")[0] == 3
+    assert queue_counts(ops_url, "async-tiny")[0] == 1
+    with pytest.raises(EventsNotConnected, match="not connected"):
+        asyncio.run(EventBus(ops_url, source="async-probe").apublish(full_type, {}))
 
 
 def test_20_concurrent_asubmits_land_in_the_queue(amqp_url: str) -> None:
