@@ -59,7 +59,8 @@ class EventBus:
     """Publishes events to ``kitty.events`` and runs subscriptions, each on its own thread.
 
     Publishing uses a Kombu pool of connections, each with a confirm-mode
-    channel; every publish waits for the broker's confirm and is ``mandatory``.
+    channel; every publish waits for the broker's confirm and is ``mandatory``;
+    ``await apublish(...)`` is ``publish`` for coroutines.
     Each subscription consumes from its own durable queue; a failing handler is
     retried through the delay ladder into that queue only, and dead-lettered to
     ``<queue>.dlq`` with ``x-kitty-*`` headers after the last attempt.
@@ -243,8 +244,8 @@ class EventBus:
     ) -> Event:
         """``publish`` for coroutines: the same arguments, confirm and errors; the loop stays free.
 
-        Cancelling the awaiting task stops the wait only: an event already handed to the
-        broker may still arrive.
+        Cancelled before its batch goes out, the event is not sent; after that, cancelling
+        stops the wait only and the event may still arrive.
         """
         # Built and checked here, so bad input raises at once; sent by the pipeline's one
         # thread, which holds a pooled connection (its confirm channel) per batch, so
