@@ -194,17 +194,26 @@ class PublisherPool:
         try:
             result = self.publish(messages, allow_unroutable=allow_unroutable, timeout=timeout)
         except PublishRejected as err:
-            queue = self.full_queue(events[0].event_type)
-            raise PublishRejected(
-                f"broker refused event(s) {events[0].event_type!r}: "
-                + (
-                    f"queue {queue!r} is full (x-overflow reject-publish)"
-                    if queue
-                    else "a queue bound for it is full (x-overflow reject-publish) or unavailable"
-                ),
-                queue=queue,
-            ) from err
+            raise self.rejected(events[0].event_type) from err
         returned = set(result.returned)
+        self.count(events, returned)
+        return len(returned)
+
+    def rejected(self, event_type: str) -> PublishRejected:
+        """The error for events of ``event_type`` the broker refused, naming the full queue."""
+        queue = self.full_queue(event_type)
+        return PublishRejected(
+            f"broker refused event(s) {event_type!r}: "
+            + (
+                f"queue {queue!r} is full (x-overflow reject-publish)"
+                if queue
+                else "a queue bound for it is full (x-overflow reject-publish) or unavailable"
+            ),
+            queue=queue,
+        )
+
+    def count(self, events: Sequence[Event], returned: set[str]) -> None:
+        """Count confirmed ``events`` as published, or as unroutable (and log) when returned."""
         for event in events:
             if event.event_id in returned:
                 EVENTS_UNROUTABLE.labels(event.event_type, event.source).inc()
@@ -213,22 +222,26 @@ class PublisherPool:
         if returned:
             types = sorted({e.event_type for e in events if e.event_id in returned})
             logger.warning(LOG_UNROUTABLE, len(returned), ", ".join(types), sorted(returned)[:10])
-        return len(returned)
 
     def publish(
-        self, messages: Sequence[OutgoingMessage], *, allow_unroutable: bool, timeout: float
+        self,
+        messages: Sequence[OutgoingMessage],
+        *,
+        allow_unroutable: bool,
+        timeout: float,
+        check: bool = True,
     ) -> PublishResult:
         """Publish on a pooled connection; a broken connection is replaced and the batch re-sent.
 
         Kombu's ``ensure`` reconnects with the platform's backoff, ``PUBLISH_RETRIES`` times
-        at most; then ``PublishError``.
+        at most; then ``PublishError``. ``check`` as in ``ConfirmedPublisher.publish_batch``.
         """
         with self.acquire() as connection:
 
             def publish_batch() -> PublishResult | PublishError:
                 try:
                     return self._publisher(connection, timeout).publish_batch(
-                        messages, allow_unroutable=allow_unroutable, timeout=timeout
+                        messages, allow_unroutable=allow_unroutable, timeout=timeout, check=check
                     )
                 except PublishError as err:
                     # Returned, not raised: ensure() would retry a PublishTimeout (an OSError).

@@ -6,6 +6,7 @@ import heapq
 import logging
 import threading
 import time
+from concurrent.futures import CancelledError as CallCancelled
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 #: Answered calls the deadline heap may hold beyond twice the calls in flight before a sweep.
 HEAP_SLACK = 64
 
+LOG_ABANDONED = "call %s to %r cancelled by its caller; a late reply will be discarded"
 LOG_LATE = "discarding a reply nobody waits for (late or unknown correlation id %s)"
 
 
@@ -85,6 +87,18 @@ class CallsInFlight:
                 self._deadlines = [c for c in self._deadlines if c.correlation_id in self._calls]
                 heapq.heapify(self._deadlines)
             return call
+
+    def abandon(self, correlation_id: str) -> bool:
+        """Stop tracking a call its caller gave up on (cancelled); a late reply is discarded.
+
+        Recorded under the outcome ``cancelled``; False when the call had ended already.
+        """
+        call = self.pop(correlation_id)
+        if call is None:
+            return False
+        logger.debug(LOG_ABANDONED, correlation_id, call.service)
+        self.settle(call, "cancelled", error=CallCancelled(f"call to {call.service!r} cancelled"))
+        return True
 
     def forget(self, future: Future[Any]) -> None:
         """Stop tracking the call that ``future`` belongs to, without settling it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 
 from kitty_tasks.core.connection import safe_url
 from kitty_tasks.core.errors import BrokerUnavailable
+from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import RPC_EXCHANGE
 from rpc.calls import Call, CallsInFlight, timeout_text, unavailable_text
@@ -37,6 +39,8 @@ __all__ = ["DEFAULT_TIMEOUT", "RPCClient"]
 DEFAULT_TIMEOUT = 30.0
 #: Extra seconds ``call`` waits beyond the timeout for the reader to report it, a safety net only.
 _TIMEOUT_GRACE = 1.0
+#: Threads that send ``acall`` requests: a send is one socket write, so a few serve any load.
+SEND_THREADS = 4
 
 LOG_DISCONNECTED = "client disconnected"
 
@@ -44,7 +48,8 @@ LOG_DISCONNECTED = "client disconnected"
 class RPCClient:
     """Calls RPC services; thread-safe, one connection, any number of calls in flight.
 
-    ``call`` blocks for the result; ``call_async`` returns a ``concurrent.futures.Future``.
+    ``call`` blocks for the result; ``call_async`` returns a ``concurrent.futures.Future``;
+    ``await acall(...)`` is ``call`` for coroutines.
     Replies come over RabbitMQ's direct reply-to; one background thread reads them, matches
     them to their calls, fails calls at their deadline, and reconnects after a dropped
     connection (calls in flight at the drop fail with ``ConnectionLost``).
@@ -72,6 +77,7 @@ class RPCClient:
         self._reader: threading.Thread | None = None
         self._ids = itertools.count()
         self._prefix = uuid.uuid4().hex[:12]
+        self._senders = Offload("rpc-send", SEND_THREADS)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -106,6 +112,7 @@ class RPCClient:
         self._link.dispose()
         self._presence.fail_pending(NotConnected(LOG_DISCONNECTED))
         self._calls.fail_all(NotConnected(LOG_DISCONNECTED))
+        self._senders.shutdown()
 
     close = disconnect
 
@@ -169,6 +176,59 @@ class RPCClient:
         method: str | None = None,
     ) -> Future[Any]:
         """Send a call and return a Future of its result (or of the errors ``call`` raises)."""
+        return self._send(service, payload, timeout, method).future
+
+    async def acall(
+        self,
+        service: str,
+        payload: dict[str, Any] | BaseModel,
+        timeout: float = DEFAULT_TIMEOUT,
+        method: str | None = None,
+    ) -> Any:
+        """``call`` for coroutines: the same result and errors, never blocking the event loop.
+
+        Cancelling the awaiting task (or an ``asyncio.wait_for`` around it) forgets the call:
+        it leaves the calls in flight, and a reply that comes later is discarded.
+        """
+        # Waiting for the reply holds no thread: the reader thread settles the call's Future
+        # and wrap_future hands that to this loop with call_soon_threadsafe, so any number of
+        # calls wait on the one reader. Only the send runs on a thread (SEND_THREADS of them
+        # at most): it waits while the client reconnects, and a broker that stops reading
+        # the socket (a memory alarm) would stall the loop in sendall. Sending on the loop
+        # itself measured no better: the heartbeat's lateness was the same within the noise.
+        sending = self._senders.submit(self._send, service, payload, timeout, method)
+        try:
+            call = await asyncio.wrap_future(sending)
+        except asyncio.CancelledError:
+            sending.add_done_callback(self._abandon_sent)  # it may be sent even so
+            raise
+        try:
+            return await asyncio.wait_for(
+                asyncio.wrap_future(call.future), timeout + _TIMEOUT_GRACE
+            )
+        except asyncio.CancelledError:
+            self._calls.abandon(call.correlation_id)
+            raise
+        except TimeoutError as err:
+            # Only reached if the reader thread could not report the timeout itself.
+            self._calls.forget(call.future)
+            raise RPCTimeout(
+                timeout_text(service, method, timeout), service=service, method=method
+            ) from err
+
+    def _abandon_sent(self, sending: Future[Call]) -> None:
+        """Forget a call whose sender was cancelled while it was being sent."""
+        if not sending.cancelled() and sending.exception() is None:
+            self._calls.abandon(sending.result().correlation_id)
+
+    def _send(
+        self,
+        service: str,
+        payload: dict[str, Any] | BaseModel,
+        timeout: float,
+        method: str | None,
+    ) -> Call:
+        """Publish one request and track it; the call's Future ends with its outcome."""
         body = encode_payload(payload, max_bytes=self.max_message_bytes)
         expiration = expiration_ms(timeout)
         if not service:
@@ -207,7 +267,7 @@ class RPCClient:
                 f"could not send the call to {service!r}: the broker connection failed "
                 f"({type(err).__name__}: {err}); the request was not sent"
             ) from err
-        return future
+        return call
 
     def _served(self, call: Call) -> bool:
         """Check that a server consumes ``call``'s service before sending; else settle the call.

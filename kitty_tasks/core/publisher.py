@@ -21,7 +21,7 @@ from kitty_tasks.core.amqp_internals import (
 from kitty_tasks.core.errors import PublishRejected, PublishTimeout, Unroutable
 from kitty_tasks.core.settings import get_settings
 
-__all__ = ["ConfirmedPublisher", "OutgoingMessage", "PublishResult"]
+__all__ = ["ConfirmedPublisher", "OutgoingMessage", "PublishResult", "unroutable"]
 
 #: Bytes of a batch's frames collected before they go to the socket in one write.
 WRITE_CHUNK = 64 * 1024
@@ -117,11 +117,14 @@ class ConfirmedPublisher:
         *,
         allow_unroutable: bool = False,
         timeout: float | None = None,
+        check: bool = True,
     ) -> PublishResult:
         """Publish ``messages`` and wait once for all their confirms.
 
         Raises ``PublishRejected`` on any nack, ``Unroutable`` on any basic.return
         (unless ``allow_unroutable``), ``PublishTimeout`` when confirms do not come.
+        With ``check=False`` nacks and returns are only reported in the result, for a
+        caller that answers each message on its own.
         """
         channel = self._open()
         self._acked.clear()
@@ -138,6 +141,8 @@ class ConfirmedPublisher:
             nacked=[ids[t].message_id for t in sorted(self._nacked & ids.keys())],
             returned=sorted(self._returned),
         )
+        if not check:
+            return result
         if result.nacked:
             first = next(m for m in ids.values() if m.message_id in result.nacked)
             raise PublishRejected(
@@ -148,12 +153,7 @@ class ConfirmedPublisher:
             )
         if result.returned and not allow_unroutable:
             first = next(m for m in ids.values() if m.message_id in result.returned)
-            raise Unroutable(
-                f"no queue is bound to exchange {first.exchange!r} for key "
-                f"{first.routing_key!r}; {len(result.returned)} message(s) returned",
-                exchange=first.exchange,
-                routing_key=first.routing_key,
-            )
+            raise unroutable(first, len(result.returned))
         return result
 
     def _write(
@@ -237,3 +237,13 @@ class ConfirmedPublisher:
             # The channel may already be gone with its connection.
             with contextlib.suppress(Exception):
                 channel.close()
+
+
+def unroutable(message: OutgoingMessage, returned: int) -> Unroutable:
+    """The error for ``returned`` messages, the first of them ``message``, that no queue took."""
+    return Unroutable(
+        f"no queue is bound to exchange {message.exchange!r} for key "
+        f"{message.routing_key!r}; {returned} message(s) returned",
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from celery import Celery
 from kombu import Connection
 
 from kitty_tasks.core.errors import PayloadTooLarge, Permanent
+from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
 from kitty_tasks.runtime.application import app as default_app
@@ -112,6 +114,9 @@ class TaskQueue:
         self._handlers: dict[str, TaskHandler] = {}
         self.app = build_app(self.url, self._handlers)
         self._connection: Connection | None = None
+        #: Held while a task is published: Kombu's producer channel is not thread-safe.
+        self._publishing = threading.Lock()
+        self._submitter = Offload("taskqueue-submit", 1)
 
     def connect(self) -> TaskQueue:
         """Open the connection now, so a wrong URL fails here rather than at ``submit``."""
@@ -126,6 +131,7 @@ class TaskQueue:
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.release()
+        self._submitter.shutdown()
 
     def __enter__(self) -> TaskQueue:
         return self.connect()
@@ -168,17 +174,33 @@ class TaskQueue:
             raise PayloadTooLarge(
                 f"task data is {size} bytes, over KITTY_MAX_MESSAGE_BYTES={limit}"
             )
-        self.connect()
         task_id = str(uuid.uuid4())
-        self.app.tasks[DISPATCH_TASK].apply_async(
-            kwargs={"task_type": task_type, "data": data},
-            task_id=task_id,
-            queue=self.queue,
-            priority=priority,
-            headers={H_MAX_RETRIES: retries},
-            connection=self._connection,
-        )
+        with self._publishing:
+            self.connect()
+            self.app.tasks[DISPATCH_TASK].apply_async(
+                kwargs={"task_type": task_type, "data": data},
+                task_id=task_id,
+                queue=self.queue,
+                priority=priority,
+                headers={H_MAX_RETRIES: retries},
+                connection=self._connection,
+            )
         return task_id
+
+    async def asubmit(
+        self,
+        task_type: str,
+        data: dict[str, Any],
+        priority: int = 0,
+        max_retries: int | None = None,
+    ) -> str:
+        """``submit`` for coroutines: the same checks and errors; the id once the broker confirmed.
+
+        Cancelling the awaiting task stops the wait only: the task may still be submitted.
+        """
+        # One thread: submissions share the one connection's channel, so they go one at a
+        # time anyway (``submit`` holds _publishing), and a confirm takes about a millisecond.
+        return await self._submitter.run(self.submit, task_type, data, priority, max_retries)
 
     def result(self, task_id: str, timeout: float = 30.0) -> Any:
         """Wait for a submitted task's result (raises the task's error if it failed)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
@@ -27,6 +28,7 @@ from rpc import (
 )
 from rpc.calls import HEAP_SLACK, Call, CallsInFlight
 from rpc.protocol import encode_error, encode_result
+from tests.helpers import wait_for
 
 SERVICE = "math.rpc"
 
@@ -340,3 +342,52 @@ def test_a_request_whose_copy_cannot_be_confirmed_is_rejected_to_its_dlq() -> No
     assert outcome is Outcome.REJECTED
     assert not outcome.ack
     dead_letters.close()
+
+
+def test_a_cancelled_acall_leaves_no_call_and_its_late_reply_is_discarded(
+    client: RPCClient, link: StubLink
+) -> None:
+    async def cancel_one_of_two() -> tuple[Any, int]:
+        kept = asyncio.create_task(client.acall(SERVICE, {"a": 1}))
+        dropped = asyncio.create_task(client.acall(SERVICE, {"a": 2}))
+        sent = [await asyncio.to_thread(_sent, link) for _ in range(2)]
+        ids = {json.loads(m.body)["a"]: _correlation_id(m) for m in sent}
+        dropped.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropped
+        left = client.in_flight
+        # The cancelled call's reply comes anyway, then the other call's
+        link.deliver(ids[2], encode_result("late", max_bytes=1000))
+        link.deliver(ids[1], encode_result("kept", max_bytes=1000))
+        return await kept, left
+
+    result, left = asyncio.run(cancel_one_of_two())
+    assert (result, left) == ("kept", 1)
+    assert client.in_flight == 0
+
+
+def test_an_acall_cancelled_while_sending_is_forgotten_once_sent(
+    client: RPCClient, link: StubLink
+) -> None:
+    sending, release = threading.Event(), threading.Event()
+    publish = link.publish
+
+    def held_publish(*args: Any, **kwargs: Any) -> None:
+        sending.set()
+        assert release.wait(10)
+        publish(*args, **kwargs)
+
+    link.publish = held_publish  # type: ignore[method-assign]
+
+    async def cancel_during_send() -> None:
+        call = asyncio.create_task(client.acall(SERVICE, {"a": 1}))
+        assert await asyncio.to_thread(sending.wait, 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(cancel_during_send())
+    # The request goes out after the caller left: it is tracked, then forgotten at once
+    release.set()
+    _sent(link)
+    wait_for(lambda: client.in_flight == 0, timeout=5, interval=0.01, what="the call forgotten")
