@@ -246,7 +246,7 @@ class RPCClient:
         future.set_running_or_notify_cancel()
         call = Call(deadline, correlation_id, service, method, started, timeout, future)
         if not self._presence.fresh(service, started) and not self._served(call):
-            return future
+            return call  # settled already: its Future holds the error
         if self._calls.add(call):
             self._link.wake()  # the reader must fail this call before any other
         message = amqp.Message(
