@@ -84,6 +84,8 @@ def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         RABBITMQ_URL=ops_url,
         KITTY_ENV_FILE=str(tmp_path / "no.env"),  # a developer's .env must not redirect the test
         KITTY_FLOWER_CREDENTIALS_FILE=str(tmp_path / "flower-credentials"),
+        KITTY_RUN_DIR=str(tmp_path / "run"),
+        KITTY_RESULT_BACKEND=f"db+sqlite:///{tmp_path}/results.sqlite3",
     )
     log = (tmp_path / "run.log").open("w+")
     # A session of its own: SIGINT to its process group is what Ctrl-C in a terminal does.
@@ -101,6 +103,7 @@ def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         "log": log,
         "tmp": tmp_path,
         "url": ops_url,
+        "results": env["KITTY_RESULT_BACKEND"],
     }
     try:
         yield info
@@ -195,6 +198,7 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
             "30",
         ],
         cwd=ROOT,
+        env={**os.environ, "KITTY_RESULT_BACKEND": str(platform["results"])},
         capture_output=True,
         text=True,
         timeout=180,
@@ -218,6 +222,9 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
     log = output(platform)
     for worker in WORKERS:
         assert f"{worker}.1 stopped" in log
+    # And beat ran, keeping its schedule in the run directory (never in the checkout)
+    assert "beat.1 stopped" in log
+    assert list((Path(str(platform["tmp"])) / "run").glob("celerybeat-schedule*"))
     assert "SIGKILL" not in log, "a process needed SIGKILL to stop"
 
 
