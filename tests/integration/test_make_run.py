@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import ROOT, wait_for
+from tests.helpers import KITTY_TASKS, ROOT, wait_for
 from tests.integration.ops_support import free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
@@ -209,6 +210,21 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
     assert "cad_generate.apply_async(priority=9)" in demo.stdout
     assert "subscriber got fabrication.print.completed" in demo.stdout
     assert "{'result': 8}" in demo.stdout
+
+    # And a task submitted from a shell has its result in Flower's API (the same store)
+    store = {**os.environ, "KITTY_RESULT_BACKEND": str(platform["results"])}
+    submitted = subprocess.run(
+        [KITTY_TASKS, "--url", str(platform["url"]), "tasks", "submit", "research.paper",
+         "--args", '["nozzle clog"]', "--wait", "30", "--json"],
+        cwd=ROOT, env=store, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = json.loads(submitted.stdout)["task_id"]
+    answer = flower_get(f"/api/task/result/{task_id}", auth=(user, password))
+    assert answer is not None
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "SUCCESS"
+    assert answer.json()["result"]["query"] == "nozzle clog"
 
     # When Ctrl-C reaches the supervisor's process group
     running = descendants(process.pid)
