@@ -5,13 +5,15 @@ from __future__ import annotations
 import inspect
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 from celery import states
 from kombu.exceptions import OperationalError
 
-from kitty_tasks.core.connection import connected
+from kitty_tasks.core.connection import connected, safe_url
 from kitty_tasks.core.errors import KittyError, TaskFailed
 from kitty_tasks.core.topology import MAX_PRIORITY
 from kitty_tasks.ops.cli_dlq import operator_errors
@@ -46,6 +48,20 @@ def _app() -> Any:
     from kitty_tasks.runtime.application import app  # noqa: PLC0415
 
     return app
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """One line naming the store when it cannot be read (its drivers raise their own errors)."""
+    try:
+        with operator_errors():
+            yield
+    except click.ClickException:
+        raise
+    except Exception as err:  # SQLAlchemy's, redis-py's, ...: a CLI error, never a traceback
+        store = safe_url(str(_app().conf.result_backend))
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise click.ClickException(f"cannot read results from {store}: {first_line}") from err
 
 
 def _outcome(task_id: str, wait: float | None) -> tuple[dict[str, Any], int]:
@@ -99,7 +115,7 @@ def tasks_result(task_id: str, wait: float | None, as_json: bool) -> None:
     Exit 0 when it succeeded, 1 when it failed or was dead-lettered, 3 while it has no
     result (an unknown id looks the same: the store cannot tell them apart).
     """
-    with operator_errors():
+    with _store_errors():
         answer, code = _outcome(task_id, wait)
     _print_outcome(answer, code, wait, as_json)
 
@@ -171,6 +187,6 @@ def tasks_submit(
         return
     if not as_json:
         click.echo(f"submitted {task_name} as {result.id}")
-    with operator_errors():
+    with _store_errors():
         answer, code = _outcome(result.id, wait)
     _print_outcome({**submitted, **answer}, code, wait, as_json)

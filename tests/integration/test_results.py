@@ -278,3 +278,15 @@ def test_sqlite_takes_concurrent_writes_from_prefork_children(ops_url: str, tmp_
     # Then every result is stored, and no writer met "database is locked"
     assert [value["query"] for value in values] == [f"layer shift {n}" for n in range(50)]
     assert "database is locked" not in log
+
+
+def test_a_store_that_cannot_be_read_is_one_line_and_exit_1(ops_url: str) -> None:
+    done = subprocess.run(
+        [KITTY_TASKS, "--url", ops_url, "tasks", "result", "some-id"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "KITTY_RESULT_BACKEND": "redis://:secret@127.0.0.1:1/0"},
+    )  # fmt: skip
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith("Error: cannot read results from redis://:**@127.0.0.1:1/0: ")
+    assert "secret" not in line
