@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
+from celery import Celery
 from celery.backends.database import DatabaseBackend
 
 from kitty_tasks.core.errors import ConfigurationError
@@ -47,3 +51,18 @@ def test_the_app_stores_results_in_the_database_and_schedules_their_cleanup() ->
     entry = app.conf.beat_schedule["celery.backend_cleanup"]
     assert entry["task"] == "celery.backend_cleanup"
     assert app.conf.result_expires == 86400
+
+
+def test_the_sqlite_store_is_written_in_wal_mode(tmp_path: Path) -> None:
+    # Given an app of the platform's settings on an SQLite file of its own
+    store = Celery("wal", task_cls="kitty_tasks.runtime.task:KittyTask")
+    store.config_from_object("celeryconfig")
+    store.conf.result_backend = f"db+sqlite:///{tmp_path}/results.sqlite3"
+
+    # When a result is stored
+    store.backend.store_result("task-1", {"ok": True}, "SUCCESS")
+
+    # Then the file is in WAL mode (readers never block the writer) and the result reads back
+    with sqlite3.connect(tmp_path / "results.sqlite3") as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert store.backend.get_task_meta("task-1")["result"] == {"ok": True}
