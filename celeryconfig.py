@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from celery.schedules import crontab
+
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import BRAIN_COMMANDS, TASKS_EXCHANGE
 from kitty_tasks.runtime.backend import result_backend_setting
@@ -11,8 +15,14 @@ from kitty_tasks.runtime.routing import task_queues as _task_queues
 _settings = get_settings()
 
 broker_url = _settings.rabbitmq_url
-# rpc:// as KittyRPCBackend: Celery's, without a declare round trip per task sent.
+# A store any process can read (default: an SQLite file); rpc:// as KittyRPCBackend.
 result_backend = result_backend_setting(_settings.result_backend)
+# Task name, queue and retries stored with each result: readers report attempts.
+result_extended = True
+# 0 keeps results for ever (Celery's None).
+result_expires = _settings.result_expires or None
+# SQLite: WAL and a busy timeout, so prefork children write without "database is locked".
+database_engine_callback = "kitty_tasks.runtime.backend:tune_sqlite"
 broker_connection_retry_on_startup = True
 # Every publish waits for the broker's confirm; a nack raises at the caller.
 # The socket timeouts bound every blocking read/write of py-amqp: without them a publish
@@ -62,4 +72,14 @@ worker_send_task_events = False
 # a task from "received" on instead of "sent".
 task_send_sent_event = False
 task_time_limit = _settings.task_time_limit
-result_expires = 3600
+
+# Periodic work, sent by `celery -A kitty_tasks beat` (`make run` starts it); KITT adds its
+# entries here. Expired results are deleted every hour (SQL stores; Redis expires keys itself,
+# for which Celery's cleanup does nothing).
+beat_schedule: dict[str, dict[str, Any]] = {}
+if result_expires:
+    beat_schedule["celery.backend_cleanup"] = {
+        "task": "celery.backend_cleanup",
+        "schedule": crontab(minute="0"),
+        "options": {"queue": BRAIN_COMMANDS, "expires": 3000},
+    }

@@ -104,7 +104,8 @@ def render_markdown(results: list[CaseResult], meta: dict[str, Any], plot: str |
     lines = [
         BEGIN,
         f"Run of {meta['date']} ({'quick' if meta['quick'] else 'full'}: {meta['pairs']} pairs "
-        f"after {meta['warmup']} warm-up round(s), {meta['seconds']:.0f} s in all).",
+        f"after {meta['warmup']} warm-up round(s), {meta['seconds']:.0f} s in all; "
+        f"result store {meta.get('result_backend', 'not recorded')}).",
         "",
         "| machine | Python | RabbitMQ (Erlang) | libraries | payload |",
         "|---|---|---|---|---|",

@@ -12,6 +12,7 @@ from benchmarks.cases import CASES
 from benchmarks.env import bench_env
 from benchmarks.harness import CaseResult, run_case
 from benchmarks.report import environment, write_all
+from kitty_tasks.core.settings import DEFAULT_RESULT_BACKEND
 
 __all__ = ["main"]
 
@@ -40,12 +41,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=HERE, help="directory for RESULTS.md and results/"
     )
     parser.add_argument("--no-write", action="store_true", help="print only; write no files")
+    parser.add_argument(
+        "--result-backend",
+        metavar="URL",
+        help="KITTY_RESULT_BACKEND for the platform's cases, e.g. rpc:// to compare enqueue "
+        "against the default store (default: the environment's, else the SQLite file)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen cases in a fresh vhost and write the results."""
     args = parse_args(argv)
+    if args.result_backend:
+        # Before the Celery app reads its settings (on first use, in a case's set-up);
+        # worker subprocesses inherit it.
+        os.environ["KITTY_RESULT_BACKEND"] = args.result_backend
     pairs = args.pairs or (3 if args.quick else 5)
     started = time.time()
     results: list[CaseResult] = []
@@ -64,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"{name}: {time.time() - t0:.0f}s")
     meta.update(
         {
+            "result_backend": os.environ.get("KITTY_RESULT_BACKEND", DEFAULT_RESULT_BACKEND),
             "quick": args.quick,
             "pairs": pairs,
             "warmup": args.warmup,

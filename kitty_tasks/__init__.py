@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         PublishError,
         PublishRejected,
         PublishTimeout,
+        TaskFailed,
         Unroutable,
     )
     from kitty_tasks.runtime.application import app
@@ -32,6 +33,7 @@ __all__ = [
     "PublishRejected",
     "PublishTimeout",
     "TaskContext",
+    "TaskFailed",
     "TaskQueue",
     "Unroutable",
     "app",
@@ -50,6 +52,7 @@ _LAZY = {
             "PublishError",
             "PublishRejected",
             "PublishTimeout",
+            "TaskFailed",
             "Unroutable",
         ),
         "kitty_tasks.core.errors",

@@ -60,6 +60,12 @@ kitty_tasks is starting (Ctrl-C stops every process)
 Then, in another shell: make demo
 BANNER
 
+# Beat's schedule file (when each periodic task last ran) survives restarts here.
+KITTY_RUN_DIR="${KITTY_RUN_DIR:-.run}"
+mkdir -p "$KITTY_RUN_DIR"
+KITTY_RUN_DIR="$(cd "$KITTY_RUN_DIR" && pwd)"
+export KITTY_RUN_DIR
+
 # Prefork workers keep their children's metrics in files (prometheus-client's
 # multiprocess mode): one fresh directory per worker, removed when honcho is done.
 KITTY_METRICS_DIR="$(mktemp -d "${TMPDIR:-/tmp}/kitty-metrics.XXXXXX")"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 import urllib.parse
 import uuid
 
@@ -47,8 +49,13 @@ def pytest_configure(config: pytest.Config) -> None:
     """Create this run's vhost before any test imports the app, and point RABBITMQ_URL at it.
 
     Worker subprocesses inherit the variable, and the Celery app reads it when first
-    configured, so every part of a test run talks to the same fresh vhost.
+    configured, so every part of a test run talks to the same fresh vhost. Results
+    go to an SQLite file of the run's own, unless KITTY_RESULT_BACKEND is set.
     """
+    if "KITTY_RESULT_BACKEND" not in os.environ:
+        results_dir = tempfile.mkdtemp(prefix="kitty-test-results-")
+        _SESSION["results_dir"] = results_dir
+        os.environ["KITTY_RESULT_BACKEND"] = f"db+sqlite:///{results_dir}/results.sqlite3"
     if not broker_reachable():
         return
     client = ManagementClient.from_urls(MANAGEMENT_URL, BASE_URL)
@@ -62,7 +69,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Delete this run's vhost and everything in it."""
+    """Delete this run's vhost and everything in it, and its results file."""
+    results_dir = _SESSION.pop("results_dir", None)
+    if results_dir is not None:
+        shutil.rmtree(results_dir, ignore_errors=True)
     vhost = _SESSION.pop("vhost", None)
     if vhost is not None:
         ManagementClient.from_urls(MANAGEMENT_URL, BASE_URL).delete_vhost(vhost)

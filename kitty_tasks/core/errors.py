@@ -14,6 +14,7 @@ __all__ = [
     "PublishError",
     "PublishRejected",
     "PublishTimeout",
+    "TaskFailed",
     "TopologyError",
     "Unroutable",
 ]
@@ -78,3 +79,24 @@ class InvalidInput(Permanent, ValueError):
 
 class MessageTooLarge(Permanent, ValueError):
     """A consumed body is over KITTY_MAX_MESSAGE_BYTES: dead-lettered before it is decoded."""
+
+
+class TaskFailed(KittyError):
+    """A task ended without a result: it failed, was dead-lettered or was revoked."""
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        state: str,
+        error_type: str,
+        error_message: str,
+        attempts: int | None = None,
+    ) -> None:
+        tries = f" after {attempts} attempt{'s' * (attempts != 1)}" if attempts else ""
+        super().__init__(f"task {task_id} {state}{tries}: {error_type}: {error_message}")
+        self.task_id = task_id
+        self.state = state
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts

@@ -7,9 +7,11 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_RABBITMQ_URL", "Settings", "get_settings"]
+__all__ = ["DEFAULT_RABBITMQ_URL", "DEFAULT_RESULT_BACKEND", "Settings", "get_settings"]
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672//"
+#: An SQLite file in the working directory, read and written by every process there.
+DEFAULT_RESULT_BACKEND = "db+sqlite:///.kitty-results.sqlite3"
 
 
 class Settings(BaseSettings):
@@ -18,7 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
     rabbitmq_url: str = Field(DEFAULT_RABBITMQ_URL, alias="RABBITMQ_URL")
-    result_backend: str = Field("rpc://", alias="KITTY_RESULT_BACKEND")
+    result_backend: str = Field(DEFAULT_RESULT_BACKEND, alias="KITTY_RESULT_BACKEND")
+    #: Seconds a stored result is kept; 0 keeps results for ever.
+    result_expires: int = Field(86400, ge=0, alias="KITTY_RESULT_EXPIRES")
     max_message_bytes: int = Field(1024 * 1024, gt=0, alias="KITTY_MAX_MESSAGE_BYTES")
     max_retries: int = Field(3, ge=0, alias="KITTY_MAX_RETRIES")
     retry_backoff_base: float = Field(1.0, gt=0, alias="KITTY_RETRY_BACKOFF_BASE")

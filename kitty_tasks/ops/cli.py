@@ -16,7 +16,8 @@ from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import TOPOLOGY, QueueType, build_topology, definitions_json
 from kitty_tasks.ops.cli_dlq import dlq
 from kitty_tasks.ops.cli_format import management_client
-from kitty_tasks.ops.cli_ops import health, metrics, tasks
+from kitty_tasks.ops.cli_ops import health, metrics
+from kitty_tasks.ops.cli_tasks import tasks
 from kitty_tasks.ops.cli_wire import events, rpc
 
 __all__ = ["main"]

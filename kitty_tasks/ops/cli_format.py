@@ -10,7 +10,15 @@ import click
 
 from kitty_tasks.core.management import ManagementClient
 
-__all__ = ["echo_json", "format_age", "json_object", "management_client", "table", "truncate"]
+__all__ = [
+    "echo_json",
+    "format_age",
+    "json_list",
+    "json_object",
+    "management_client",
+    "table",
+    "truncate",
+]
 
 
 def json_object(text: str, option: str) -> dict[str, Any]:
@@ -21,6 +29,17 @@ def json_object(text: str, option: str) -> dict[str, Any]:
         raise click.BadParameter(f"not JSON: {err}", param_hint=option) from err
     if not isinstance(value, dict):
         raise click.BadParameter("must be a JSON object", param_hint=option)
+    return value
+
+
+def json_list(text: str, option: str) -> list[Any]:
+    """The JSON list given to ``option``; a usage error (exit 2) when it is not one."""
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise click.BadParameter(f"not JSON: {err}", param_hint=option) from err
+    if not isinstance(value, list):
+        raise click.BadParameter("must be a JSON list", param_hint=option)
     return value
 
 

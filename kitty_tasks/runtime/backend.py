@@ -1,4 +1,4 @@
-"""The rpc:// result backend, minus a broker round trip per task sent."""
+"""Result backends: rpc:// minus a round trip per task sent; SQLite tuned for workers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ from typing import Any
 
 from celery import signals
 from celery.backends.rpc import RPCBackend
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
-__all__ = ["RPC_BACKEND", "KittyRPCBackend", "result_backend_setting"]
+from kitty_tasks.core.errors import ConfigurationError
+
+__all__ = ["RPC_BACKEND", "KittyRPCBackend", "result_backend_setting", "tune_sqlite"]
+
+#: How long an SQLite writer waits for another's lock before "database is locked", ms.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 #: Celery's ``result_backend`` value that selects ``KittyRPCBackend``.
 RPC_BACKEND = "kitty_tasks.runtime.backend:KittyRPCBackend"
@@ -47,4 +54,32 @@ def _mark_pool_child(**_: Any) -> None:
 
 def result_backend_setting(url: str) -> str:
     """Celery's ``result_backend`` for ``KITTY_RESULT_BACKEND``: ours for rpc://, else as is."""
-    return RPC_BACKEND if url.split("://", 1)[0] == "rpc" else url
+    scheme, separator, rest = url.partition("://")
+    if not scheme or not separator:
+        raise ConfigurationError(
+            f"KITTY_RESULT_BACKEND={url!r} is not a URL; use db+sqlite:///<file>, "
+            "db+postgresql+psycopg://user@host/db, redis://host:6379/0 or rpc://"
+        )
+    if scheme == "db+sqlite" and not rest.startswith("/"):
+        raise ConfigurationError(
+            f"KITTY_RESULT_BACKEND={url!r}: an SQLite URL has three slashes and a file, "
+            "db+sqlite:///relative.sqlite3 or db+sqlite:////absolute/path.sqlite3"
+        )
+    return RPC_BACKEND if scheme == "rpc" else url
+
+
+def tune_sqlite(engine: Engine) -> None:
+    """Celery's ``database_engine_callback``: WAL and a busy timeout for SQLite files."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    # WAL lets readers (any process polling a result) run beside the one writer, and
+    # the busy timeout makes concurrent prefork children wait for the write lock
+    # instead of failing at once with "database is locked".
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()

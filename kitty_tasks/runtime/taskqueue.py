@@ -19,6 +19,7 @@ from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
 from kitty_tasks.runtime.application import app as default_app
+from kitty_tasks.runtime.results import result_of, wait_for_result
 from kitty_tasks.runtime.task import RETRY_ANY
 
 __all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
@@ -202,9 +203,17 @@ class TaskQueue:
         # time anyway (``submit`` holds _publishing), and a confirm takes about a millisecond.
         return await self._submitter.run(self.submit, task_type, data, priority, max_retries)
 
-    def result(self, task_id: str, timeout: float = 30.0) -> Any:
-        """Wait for a submitted task's result (raises the task's error if it failed)."""
-        return self.app.AsyncResult(task_id).get(timeout=timeout)
+    def result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for a task's return value (``None``: for ever), from any process.
+
+        Raises ``TaskFailed`` (error type, message, attempts) when the task failed, was
+        dead-lettered or revoked, and ``TimeoutError`` when it has no result in time.
+        """
+        return result_of(self.app.AsyncResult(task_id), timeout)
+
+    async def aresult(self, task_id: str, timeout: float | None = None) -> Any:
+        """``result`` for an event loop: the store is polled without blocking the loop."""
+        return await wait_for_result(self.app.AsyncResult(task_id), timeout)
 
     def register_handler(self, task_type: str, handler: TaskHandler) -> None:
         """Serve ``task_type`` with ``handler(task)``; its return value is the task's result."""

@@ -8,6 +8,11 @@ import pytest
 
 from kitty_tasks.core.management import ManagementClient
 from tests.integration.ops_support import own_vhost
+from tests.integration.result_stores import (  # noqa: F401 - fixtures for the result tests
+    postgres_store,
+    redis_store,
+    result_store,
+)
 
 
 @pytest.fixture

@@ -83,3 +83,9 @@ def headers_after_retry(self: Any) -> dict[str, Any]:
 def retry_elsewhere(self: Any, queue: str) -> None:
     """Retry once into ``queue``, then ask again without ``exc``: retries have run out."""
     raise self.retry(queue=queue, countdown=0.1)
+
+
+@app.task(name="research.collect", bind=True)
+def collect(self: Any, results: list[dict[str, Any]]) -> list[str]:
+    """A chord's body: the query of each research result, in order."""
+    return [result["query"] for result in results]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import requests
 
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.management import ManagementClient
-from tests.helpers import ROOT, wait_for
+from tests.helpers import KITTY_TASKS, ROOT, wait_for
 from tests.integration.ops_support import free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
@@ -86,6 +87,8 @@ def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         RABBITMQ_URL=ops_url,
         KITTY_ENV_FILE=str(tmp_path / "no.env"),  # a developer's .env must not redirect the test
         KITTY_FLOWER_CREDENTIALS_FILE=str(tmp_path / "flower-credentials"),
+        KITTY_RUN_DIR=str(tmp_path / "run"),
+        KITTY_RESULT_BACKEND=f"db+sqlite:///{tmp_path}/results.sqlite3",
     )
     log = (tmp_path / "run.log").open("w+")
     # A session of its own: SIGINT to its process group is what Ctrl-C in a terminal does.
@@ -103,6 +106,7 @@ def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         "log": log,
         "tmp": tmp_path,
         "url": ops_url,
+        "results": env["KITTY_RESULT_BACKEND"],
     }
     try:
         yield info
@@ -197,6 +201,7 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
             "30",
         ],
         cwd=ROOT,
+        env={**os.environ, "KITTY_RESULT_BACKEND": str(platform["results"])},
         capture_output=True,
         text=True,
         timeout=180,
@@ -207,6 +212,21 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
     assert "cad_generate.apply_async(priority=9)" in demo.stdout
     assert "subscriber got fabrication.print.completed" in demo.stdout
     assert "{'result': 8}" in demo.stdout
+
+    # And a task submitted from a shell has its result in Flower's API (the same store)
+    store = {**os.environ, "KITTY_RESULT_BACKEND": str(platform["results"])}
+    submitted = subprocess.run(
+        [KITTY_TASKS, "--url", str(platform["url"]), "tasks", "submit", "research.paper",
+         "--args", '["nozzle clog"]', "--wait", "30", "--json"],
+        cwd=ROOT, env=store, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    task_id = json.loads(submitted.stdout)["task_id"]
+    answer = flower_get(f"/api/task/result/{task_id}", auth=(user, password))
+    assert answer is not None
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["state"] == "SUCCESS"
+    assert answer.json()["result"]["query"] == "nozzle clog"
 
     # When Ctrl-C reaches the supervisor's process group
     running = descendants(process.pid)
@@ -220,6 +240,9 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
     log = output(platform)
     for worker in WORKERS:
         assert f"{worker}.1 stopped" in log
+    # And beat ran, keeping its schedule in the run directory (never in the checkout)
+    assert "beat.1 stopped" in log
+    assert list((Path(str(platform["tmp"])) / "run").glob("celerybeat-schedule*"))
     assert "SIGKILL" not in log, "a process needed SIGKILL to stop"
 
 

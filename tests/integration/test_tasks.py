@@ -106,7 +106,15 @@ def test_flaky_task_retries_through_the_delay_ladder(
         inspector = app.control.inspect(
             destination=[worker.name.replace("%h", _hostname())], timeout=0.5
         )
-        reserved, active = inspector.reserved() or {}, inspector.active() or {}
+
+        # (the failed run ends once its RETRY state is in the result store, just after the
+        # copy is confirmed: a moment later on an SQL store than on rpc://)
+        def held_by_worker() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            reserved, active = inspector.reserved() or {}, inspector.active() or {}
+            idle = reserved and active and not any([*reserved.values(), *active.values()])
+            return (reserved, active) if idle else None
+
+        reserved, active = wait_for(held_by_worker, 5, 0.05, what="an idle worker")
         waiting_in_ladder = len(runs_in(log)) == 2
 
         # Then it runs exactly three times and returns
