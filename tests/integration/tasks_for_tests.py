@@ -83,3 +83,15 @@ def headers_after_retry(self: Any) -> dict[str, Any]:
 def retry_elsewhere(self: Any, queue: str) -> None:
     """Retry once into ``queue``, then ask again without ``exc``: retries have run out."""
     raise self.retry(queue=queue, countdown=0.1)
+
+
+@app.task(name="research.quiet", bind=True, lifecycle_events=False)
+def quiet(self: Any, label: str) -> str:
+    """Succeed with lifecycle events switched off for this task."""
+    return label
+
+
+@app.task(name="research.big_result", bind=True)
+def big_result(self: Any, size: int) -> str:
+    """Return a string of ``size`` characters: too large to ride in a lifecycle event."""
+    return "x" * size
