@@ -1,4 +1,4 @@
-"""Task lifecycle events on the real broker: completed, dead-lettered, switched off, unpublishable."""
+"""Task lifecycle events on the real broker: completed, dead-lettered, off, unpublishable."""
 
 from __future__ import annotations
 
