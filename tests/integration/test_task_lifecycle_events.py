@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,11 +14,12 @@ import pytest
 from kombu import Connection
 
 from events import Event, EventBus, TaskCompleted, TaskFailed
-from kitty_tasks.core.topology import EVENTS_EXCHANGE, RESEARCH_TASKS, dlq_name
+from kitty_tasks import TaskQueue
+from kitty_tasks.core.topology import CAD_TASKS, EVENTS_EXCHANGE, RESEARCH_TASKS, dlq_name
 from kitty_tasks.runtime.application import app
 from kitty_tasks.runtime.lifecycle_data import INLINE_RESULT_BYTES
 from kitty_tasks.tasks.research import research_paper
-from tests.helpers import CeleryWorker, queue_counts, wait_for
+from tests.helpers import ROOT, CeleryWorker, queue_counts, wait_for
 from tests.integration import tasks_for_tests
 from tests.integration.events_helpers import Collector, consuming, purge, unique
 from tests.integration.ops_support import free_port, sample, scrape
@@ -23,6 +29,17 @@ pytestmark = pytest.mark.rabbitmq
 TEST_TASKS = "tests.integration.tasks_for_tests"
 #: Retries wait ~0.1 s in the ladder instead of ~1 s.
 FAST_LADDER = {"KITTY_RETRY_BACKOFF_BASE": "0.1"}
+#: A TaskQueue worker as the KITT guide writes one, on cad.tasks.
+HANDLER_WORKER = textwrap.dedent(
+    """
+    import os
+    from kitty_tasks import TaskQueue
+
+    queue = TaskQueue(os.environ["RABBITMQ_URL"], "cad.tasks")
+    queue.register_handler("cube_volume", lambda task: {"volume": task.data["side"] ** 3})
+    queue.start_worker()
+    """
+)
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +153,40 @@ def test_tasks_with_events_switched_off_and_eager_calls_publish_none(
     assert eager.id not in received
     assert quiet.id not in received
     assert received[-1] == loud.id
+
+
+def test_a_taskqueue_handler_publishes_under_its_queue_domain(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    # Given a subscriber on cad.task.# and the guide's TaskQueue worker on cad.tasks
+    purge(amqp_url, CAD_TASKS)
+    collector = Collector()
+    bus = EventBus(amqp_url, source=unique("cad-watcher"))
+    bus.connect()
+    bus.subscribe("cad.task.#", collector)
+    script = tmp_path / "worker.py"
+    script.write_text(HANDLER_WORKER)
+    env = {**os.environ, "RABBITMQ_URL": amqp_url, "PYTHONPATH": str(ROOT)}
+    with (tmp_path / "worker.log").open("wb") as log, consuming(bus):
+        process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: queue_counts(amqp_url, CAD_TASKS)[1] == 1, 60, 0.25)
+
+            # When a task is submitted through the facade and its handler returns
+            with TaskQueue(amqp_url, CAD_TASKS) as queue:
+                task_id = queue.submit("cube_volume", {"side": 3})
+
+            # Then cad.task.completed carries the handler's return value
+            collector.wait_for(lambda _: bool(events_of(collector, task_id)))
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(30)
+    [event] = events_of(collector, task_id)
+    assert event.event_type == "cad.task.completed"
+    assert event.data["task"] == "kitty.dispatch"
+    assert event.data["queue"] == CAD_TASKS
+    assert event.data["result"] == {"volume": 27}
+    assert event.source.startswith("taskqueue-cad.tasks-")
 
 
 @pytest.mark.slow
