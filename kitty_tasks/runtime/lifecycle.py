@@ -48,6 +48,8 @@ CELERY_INTERNAL_PREFIX = "celery."
 
 #: task id -> monotonic start of its run in this process.
 _started: dict[str, float] = {}
+#: Domains whose lifecycle schemas this process has registered (the built-in ones at import).
+_registered: set[str] = set()
 
 
 def lifecycle_enabled(task: Any) -> bool:
@@ -158,7 +160,9 @@ def _publish(task: Any, task_id: str, outcome: str, fields: dict[str, Any]) -> N
         queue = _queue_of(task)
         domain = task_domain(str(task.name), queue, getattr(task, "event_domain", None))
         event_type = task_event_type(domain, outcome)
-        register_task_event_schemas(domain)
+        if domain not in _registered:
+            register_task_event_schemas(domain)
+            _registered.add(domain)
         started = _started.get(task_id)
         data = {
             "task_id": task_id,
