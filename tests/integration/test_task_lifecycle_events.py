@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,14 @@ from kombu import Connection
 
 from events import Event, EventBus, TaskCompleted, TaskFailed
 from kitty_tasks import TaskQueue
-from kitty_tasks.core.topology import CAD_TASKS, EVENTS_EXCHANGE, RESEARCH_TASKS, dlq_name
+from kitty_tasks.core.connection import vhost_of
+from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.topology import (
+    CAD_TASKS,
+    EVENTS_EXCHANGE,
+    RESEARCH_TASKS,
+    dlq_name,
+)
 from kitty_tasks.runtime.application import app
 from kitty_tasks.runtime.lifecycle_data import INLINE_RESULT_BYTES
 from kitty_tasks.tasks.research import research_paper
@@ -218,3 +226,40 @@ def test_an_unpublishable_event_does_not_fail_the_task_and_is_counted(ops_url: s
         warning = next(line for line in worker.output().splitlines() if "not published" in line)
         assert task_id in warning
         assert "research.task.completed" in warning
+
+
+@pytest.mark.slow
+def test_a_task_whose_dead_letter_copy_is_refused_publishes_research_task_failed(
+    ops_url: str, management_client: ManagementClient, tmp_path: Path
+) -> None:
+    # Given a vhost whose research.tasks.dlq refuses every message (a max-length 0 policy)
+    vhost = management_client.quote(vhost_of(ops_url))
+    dlq = dlq_name(RESEARCH_TASKS)
+    management_client.request(
+        "PUT", f"policies/{vhost}/refuse-dead-letters",
+        {"pattern": f"^{re.escape(dlq)}$", "apply-to": "queues",
+         "definition": {"max-length": 0, "overflow": "reject-publish"}},
+    )  # fmt: skip
+    wait_for(lambda: management_client.get(f"queues/{vhost}/{dlq}").get("policy"), 20, 0.2)
+    collector = Collector()
+    bus = EventBus(ops_url, source=unique("failure-watcher"))
+    bus.connect()
+    bus.subscribe("research.task.#", collector)
+    with (
+        consuming(bus),
+        CeleryWorker(ops_url, [RESEARCH_TASKS], pool="solo", include=[TEST_TASKS]) as worker,
+    ):
+        # When a task fails there, and its dead-letter copy is nacked
+        with app.connection_for_write(ops_url) as connection:
+            task_id = tasks_for_tests.plain_fails.apply_async(
+                (str(tmp_path / "runs"),), connection=connection
+            ).id
+
+        # Then research.task.failed (not dead_lettered) arrives with the task's own error
+        collector.wait_for(lambda _: bool(events_of(collector, task_id)), 30)
+        [event] = events_of(collector, task_id)
+        assert event.event_type == "research.task.failed", worker.output()
+        data = event.parse()
+        assert isinstance(data, TaskFailed)
+        assert data.error.type == "ValueError"
+        assert "plain failure on run 1" in data.error.message
