@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,10 +10,10 @@ import pytest
 from celery import Celery
 from kombu import Connection
 
-import kitty_tasks.runtime.lifecycle  # noqa: F401 - connects the lifecycle signals
 from events import Event, TaskCompleted, TaskFailed, default_registry, task_event_type
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.settings import get_settings
+from kitty_tasks.runtime.lifecycle import LifecyclePublisher  # and its signals, connected
 from kitty_tasks.runtime.lifecycle_data import (
     ERROR_MESSAGE_CHARS,
     INLINE_RESULT_BYTES,
@@ -155,4 +156,30 @@ def test_the_setting_reads_true_false_and_refuses_anything_else(
         with pytest.raises(ValueError, match="KITTY_TASK_EVENTS"):
             get_settings()
     finally:
+        get_settings.cache_clear()
+
+
+def test_a_publish_that_hangs_gives_up_after_the_events_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a publisher whose publish never returns on its own (a broker that sends no confirm)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hang(*_: Any) -> None:
+        started.set()
+        release.wait()
+
+    monkeypatch.setattr(LifecyclePublisher, "_send", hang)
+    monkeypatch.setenv("KITTY_TASK_EVENTS_TIMEOUT", "0.2")
+    get_settings.cache_clear()
+    publisher = LifecyclePublisher(UNREACHABLE, "worker@test")
+    try:
+        # When a task's event is published, then it gives up with TimeoutError naming the setting
+        with pytest.raises(TimeoutError, match="KITTY_TASK_EVENTS_TIMEOUT"):
+            publisher.publish("research.task.completed", {}, None)
+        assert started.is_set()
+    finally:
+        release.set()
+        publisher.close()
         get_settings.cache_clear()
