@@ -23,6 +23,7 @@ from events.errors import (
 from events.idempotency import IdempotencyStore, MemoryStore, SQLiteStore, idempotent
 from events.schemas import SchemaRegistry, default_registry, register_schema
 from events.subscriptions import EventHandler, Subscription
+from events.task_events import TaskCompleted, TaskError, TaskFailed, task_event_type
 
 __all__ = [
     "BrokerUnavailable",
@@ -45,9 +46,13 @@ __all__ = [
     "SchemaError",
     "SchemaRegistry",
     "Subscription",
+    "TaskCompleted",
+    "TaskError",
+    "TaskFailed",
     "UnreadableVersion",
     "Unroutable",
     "default_registry",
     "idempotent",
     "register_schema",
+    "task_event_type",
 ]

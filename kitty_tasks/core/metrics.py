@@ -31,6 +31,7 @@ __all__ = [
     "RPC_LATENCY",
     "RPC_REQUESTS",
     "TASKS",
+    "TASK_EVENTS_FAILED",
     "TASK_QUEUE_WAIT",
     "TASK_RUNTIME",
     "metrics_registry",
@@ -79,6 +80,12 @@ TASK_QUEUE_WAIT = Histogram(
     "Time from publish to the start of the run",
     ["task", "queue"],
     buckets=_TASK_BUCKETS,
+)
+#: event_type: <domain>.task.completed|failed|dead_lettered
+TASK_EVENTS_FAILED = Counter(
+    "kitty_task_events_failed",
+    "Task lifecycle events not published (the task's own outcome stands)",
+    ["event_type"],
 )
 EVENTS_PUBLISHED = Counter(
     "kitty_events_published", "Events confirmed by the broker", ["event_type", "source"]

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     broker_consumer_timeout: int = Field(1_800_000, ge=0, alias="KITTY_BROKER_CONSUMER_TIMEOUT")
     management_url: str = Field("http://localhost:15672", alias="KITTY_MANAGEMENT_URL")
     metrics_port: int | None = Field(None, ge=0, le=65535, alias="KITTY_METRICS_PORT")
+    #: Publish <domain>.task.completed|failed|dead_lettered when a worker's task ends.
+    task_events: bool = Field(True, alias="KITTY_TASK_EVENTS")
+    #: Longest a finished task waits for its lifecycle event's confirm before it is acked anyway.
+    task_events_timeout: float = Field(5.0, gt=0, alias="KITTY_TASK_EVENTS_TIMEOUT")
     idempotency_db: str = Field(".kitty-idempotency.sqlite3", alias="KITTY_IDEMPOTENCY_DB")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from celery import Celery
 
-# Importing connects the task metrics and the publish-time stamp (Celery signals).
+# Importing connects the task metrics and the publish-time stamp (Celery signals),
+# and the task lifecycle events.
+import kitty_tasks.runtime.lifecycle
 import kitty_tasks.runtime.signals  # noqa: F401
 
 __all__ = ["app"]

@@ -32,8 +32,9 @@ from kitty_tasks.runtime.ladder import (
     dead_letter_options,
     ladder_options,
 )
+from kitty_tasks.runtime.lifecycle_data import check_lifecycle_options
 
-__all__ = ["DEAD_LETTERED", "RETRY_ANY", "KittyTask"]
+__all__ = ["DEAD_LETTERED", "DEAD_LETTER_FAILED", "RETRY_ANY", "KittyTask"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ LOG_DEAD = "task %s[%s] dead-lettered to %s after %d attempt(s): %s: %s"
 
 #: Request attribute set once the failed message is safely in its DLQ (read by the metrics).
 DEAD_LETTERED = "kitty_dead_lettered"
+#: Request attribute holding the error of a task whose dead-letter copy could not be published.
+DEAD_LETTER_FAILED = "kitty_dead_letter_failed"
 #: ``autoretry_for=RETRY_ANY``: the platform's own tasks retry every error but ``Permanent``.
 RETRY_ANY: tuple[type[Exception], ...] = (Exception,)
 
@@ -67,6 +70,18 @@ class KittyTask(Task):  # type: ignore[misc]
     #: Errors that dead-letter at once, even under ``autoretry_for``: retrying cannot fix them.
     non_retryable: ClassVar[tuple[type[BaseException], ...]] = (Permanent, ValidationError)
     _control_flow: ClassVar[tuple[type[BaseException], ...]] = (Retry, Ignore, Reject)
+    #: Publish ``<domain>.task.completed|failed|dead_lettered`` when a worker's run of this
+    #: task ends (``KITTY_TASK_EVENTS=false`` turns them off for every task).
+    lifecycle_events: bool = True
+    #: The events' ``<domain>``; None derives it from the queue (research.tasks -> research).
+    event_domain: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # @app.task(lifecycle_events=..., event_domain=...) lands here as class attributes.
+        check_lifecycle_options(
+            str(getattr(cls, "name", None) or cls.__name__), cls.lifecycle_events, cls.event_domain
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = EXECUTION.set(Execution())
@@ -247,6 +262,8 @@ class KittyTask(Task):  # type: ignore[misc]
             copy.apply_async(**options)
         except Exception as err:
             logger.error(LOG_COPY_FAILED, self.name, request.id, err)
+            # The lifecycle events report this end as failed, with the task's own error.
+            setattr(request, DEAD_LETTER_FAILED, exc)
             # Rejected without requeue, the original goes to the DLQ with x-death.
             raise Reject(reason=f"could not publish the dead-letter copy: {err}") from err
         # The task metrics (kitty_tasks.runtime.signals) count this failure as dead_lettered.

@@ -89,3 +89,15 @@ def retry_elsewhere(self: Any, queue: str) -> None:
 def collect(self: Any, results: list[dict[str, Any]]) -> list[str]:
     """A chord's body: the query of each research result, in order."""
     return [result["query"] for result in results]
+
+
+@app.task(name="research.quiet", bind=True, lifecycle_events=False)
+def quiet(self: Any, label: str) -> str:
+    """Succeed with lifecycle events switched off for this task."""
+    return label
+
+
+@app.task(name="research.big_result", bind=True)
+def big_result(self: Any, size: int) -> str:
+    """Return a string of ``size`` characters: too large to ride in a lifecycle event."""
+    return "x" * size
