@@ -80,6 +80,7 @@ class EventBus:
         allow_unroutable: bool = False,
         require_schemas: bool = False,
         declare: bool = True,
+        verify_source: bool = False,
     ) -> None:
         settings = settings or get_settings()
         self.url = url or settings.rabbitmq_url
@@ -102,6 +103,9 @@ class EventBus:
         self.allow_unroutable = allow_unroutable
         self.require_schemas = require_schemas
         self.declare = declare
+        self.verify_source = verify_source
+        #: The connection's broker user, sent as ``user_id`` (None: the broker's default).
+        self.user_id: str | None = Connection(self.url).userid
         self.management_url = settings.management_url
         self.metrics_port = settings.metrics_port
         #: Events confirmed by the broker but routed to no queue (only with allow_unroutable).
@@ -252,6 +256,9 @@ class EventBus:
     def _send(
         self, events: Sequence[Event], extra: Mapping[str, Any], allow_unroutable: bool | None
     ) -> None:
+        if self.user_id is not None:
+            # RabbitMQ refuses a user_id other than the connection's: consumers can trust it.
+            extra = {**extra, "user_id": self.user_id}
         messages = [encode(event, extra, max_bytes=self.max_message_bytes) for event in events]
         allow = self.allow_unroutable if allow_unroutable is None else allow_unroutable
         unroutable = self._publisher_pool().send(
@@ -263,6 +270,14 @@ class EventBus:
 
     def _publish_copies(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish retried or dead-lettered copies, which must reach their queue."""
+        if self.user_id is not None:
+            # Signed by this bus's user: verify_source trusts its own retry copies.
+            messages = [
+                OutgoingMessage(
+                    m.body, m.exchange, m.routing_key, {**m.properties, "user_id": self.user_id}
+                )
+                for m in messages
+            ]
         self._publisher_pool().publish(
             messages, allow_unroutable=False, timeout=self.publish_timeout
         )
@@ -391,4 +406,6 @@ class EventBus:
             self.registry,
             policy,
             require_schemas=self.require_schemas,
+            verify_source=self.verify_source,
+            own_user=self.user_id,
         )
