@@ -33,7 +33,7 @@ from events.subscriptions import (
     declare_subscription,
     subscription_topology,
 )
-from kitty_tasks.core.connection import open_connection
+from kitty_tasks.core.connection import open_connection, user_of
 from kitty_tasks.core.failure import FailurePolicy
 from kitty_tasks.core.metrics import serve_metrics
 from kitty_tasks.core.publisher import OutgoingMessage
@@ -105,7 +105,7 @@ class EventBus:
         self.declare = declare
         self.verify_source = verify_source
         #: The connection's broker user, sent as ``user_id`` (None: the broker's default).
-        self.user_id: str | None = Connection(self.url).userid
+        self.user_id = user_of(self.url)
         self.management_url = settings.management_url
         self.metrics_port = settings.metrics_port
         #: Events confirmed by the broker but routed to no queue (only with allow_unroutable).

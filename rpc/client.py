@@ -25,6 +25,7 @@ from rpc.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEARTBEAT, Link
 from rpc.protocol import (
     CONTENT_TYPE,
     REPLY_TO,
+    authenticated,
     encode_payload,
     expiration_ms,
     request_headers,
@@ -189,6 +190,7 @@ class RPCClient:
             expiration=expiration,
             delivery_mode=1,  # a request is worthless after its timeout; skip the disk
             application_headers=request_headers(method, timeout),
+            **authenticated(self._link.user_id),
         )
         try:
             self._link.publish(message, RPC_EXCHANGE, service, mandatory=True)

@@ -26,6 +26,7 @@ from rpc.methods import MethodHandler, MethodRegistry
 from rpc.protocol import (
     CONTENT_TYPE,
     H_METHOD,
+    authenticated,
     deadline_passed,
     decode_request,
     encode_error,
@@ -304,7 +305,10 @@ class RPCServer:
         reply = None
         if reply_to:
             reply = amqp.Message(
-                body, content_type=CONTENT_TYPE, correlation_id=properties.get("correlation_id")
+                body,
+                content_type=CONTENT_TYPE,
+                correlation_id=properties.get("correlation_id"),
+                **authenticated(self._link.user_id),
             )
         # After a reconnect the reply still helps a caller that waits, but the ack cannot be
         # sent: the broker requeued the request with the old channel.
