@@ -231,9 +231,15 @@ ACCESS: tuple[ServiceAccess, ...] = (
     ServiceAccess(
         "operator",
         sources=("operator",),
-        # DLQ replay republishes through the default exchange, straight to the queue.
-        publishes=exact(DEFAULT_EXCHANGE_RESOURCE),
-        consumes=(_DEAD_LETTER_QUEUES, *exact(DLX_QUEUE)),
+        # DLQ replay republishes through the default exchange, straight to the queue;
+        # Flower and `celery inspect` broadcast on celery.pidbox and read the replies.
+        publishes=exact(DEFAULT_EXCHANGE_RESOURCE, "celery.pidbox"),
+        consumes=(_DEAD_LETTER_QUEUES, *exact(DLX_QUEUE), _REPLY_QUEUES, _EVENT_RECEIVERS),
+        declares=(_REPLY_QUEUES, _EVENT_RECEIVERS, *exact(*CELERY_EXCHANGES)),
+        binds=(
+            (re.escape("reply.celery.pidbox"), _REPLY_QUEUES),
+            (re.escape("celeryev"), _EVENT_RECEIVERS),
+        ),
         tags=("monitoring",),
     ),
 )
