@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from kitty_tasks.core.access import ACCESS, password_variable, service
+from kitty_tasks.core.access import ACCESS, password_variable
+from kitty_tasks.core.access import service as access_entry
 from kitty_tasks.core.topology import EVENT_QUEUES, TASK_QUEUES
 from tests.compose_support import (
     ALERTS,
@@ -168,7 +169,7 @@ def test_app_services_wait_for_a_healthy_broker_and_log_in_as_their_own_user() -
         app = all_services[name]
         assert app["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
         # Its own account of the access table, with that account's required password
-        user = service(COMPOSE_USERS[name]).user
+        user = access_entry(COMPOSE_USERS[name]).user
         url = app["environment"]["RABBITMQ_URL"]
         assert url.startswith(f"amqp://{user}:${{{password_variable(user)}:?"), name
         assert "@rabbitmq:5672/" in url, name
@@ -179,7 +180,7 @@ def test_each_worker_runs_under_the_node_name_and_queue_its_account_allows() -> 
     all_services = services(COMPOSE_DIR / "docker-compose.yml")
     for name in ("research-worker", "cad-worker", "brain-worker"):
         command = all_services[name]["command"]
-        entry = service(COMPOSE_USERS[name])
+        entry = access_entry(COMPOSE_USERS[name])
         # The pidbox permission covers only <prefix>@host.celery.pidbox
         assert command[command.index("-n") + 1] == f"{entry.worker}@%h", name
         queue = command[command.index("-Q") + 1]
