@@ -148,6 +148,15 @@ class Event(BaseModel):
         received._publisher = user
         return received
 
+    def __eq__(self, other: object) -> bool:
+        # The envelope alone: a received event equals the one sent, whoever published it.
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.event_id)
+
     def to_dict(self) -> dict[str, Any]:
         """The envelope as JSON-ready values (timestamp as ISO 8601, UTC)."""
         return self.model_dump(mode="json")
