@@ -26,7 +26,6 @@ from kitty_tasks.core.connection import (
     open_connection,
     reconnect_delays,
     safe_url,
-    user_of,
 )
 from kitty_tasks.core.errors import ConfigurationError
 from rpc.errors import NotConnected
@@ -67,8 +66,6 @@ class Link:
     ) -> None:
         self.url = url
         self.name = name
-        #: The broker user, sent as ``user_id`` on requests and replies (None: the default).
-        self.user_id = user_of(url)
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
         self.write_lock = threading.RLock()

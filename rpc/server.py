@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import amqp
 from pydantic import BaseModel, ValidationError
 
+from kitty_tasks.core.connection import user_of
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.metrics import RPC_REQUESTS, serve_metrics
 from kitty_tasks.core.settings import get_settings
@@ -91,6 +92,8 @@ class RPCServer:
             )
         settings = get_settings()
         self.url = url or settings.rabbitmq_url
+        #: The broker user, sent as ``user_id`` (None: the broker's default user).
+        self.user_id = user_of(self.url)
         self.service = service
         self.concurrency = concurrency
         self.prefetch = prefetch or concurrency
@@ -308,7 +311,7 @@ class RPCServer:
                 body,
                 content_type=CONTENT_TYPE,
                 correlation_id=properties.get("correlation_id"),
-                **authenticated(self._link.user_id),
+                **authenticated(self.user_id),
             )
         # After a reconnect the reply still helps a caller that waits, but the ack cannot be
         # sent: the broker requeued the request with the old channel.
