@@ -35,7 +35,7 @@ from events.subscriptions import (
     declare_subscription,
     subscription_topology,
 )
-from kitty_tasks.core.connection import open_connection
+from kitty_tasks.core.connection import open_connection, user_of
 from kitty_tasks.core.failure import FailurePolicy
 from kitty_tasks.core.metrics import serve_metrics
 from kitty_tasks.core.publisher import OutgoingMessage
@@ -83,6 +83,7 @@ class EventBus:
         allow_unroutable: bool = False,
         require_schemas: bool = False,
         declare: bool = True,
+        verify_source: bool = False,
     ) -> None:
         settings = settings or get_settings()
         self.url = url or settings.rabbitmq_url
@@ -105,6 +106,9 @@ class EventBus:
         self.allow_unroutable = allow_unroutable
         self.require_schemas = require_schemas
         self.declare = declare
+        self.verify_source = verify_source
+        #: The connection's broker user, sent as ``user_id`` (None: the broker's default).
+        self.user_id = user_of(self.url)
         self.management_url = settings.management_url
         self.metrics_port = settings.metrics_port
         #: Events confirmed by the broker but routed to no queue (only with allow_unroutable).
@@ -260,7 +264,9 @@ class EventBus:
             traceparent=traceparent,
             version=version,
         )
-        message = encode(event, caller_properties(properties), max_bytes=self.max_message_bytes)
+        message = encode(
+            event, self._signed(caller_properties(properties)), max_bytes=self.max_message_bytes
+        )
         self._publisher_pool()  # NotConnected now, not from the pipeline's thread
         allow = self.allow_unroutable if allow_unroutable is None else allow_unroutable
         return await asyncio.wrap_future(self._pipeline.submit(event, message, allow))
@@ -291,9 +297,17 @@ class EventBus:
             self._send(prepared, {}, allow_unroutable)
         return prepared
 
+    def _signed(self, extra: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``extra`` with this bus's broker user as ``user_id``, when the URL names one."""
+        if self.user_id is None:
+            return extra
+        # RabbitMQ refuses a user_id other than the connection's: consumers can trust it.
+        return {**extra, "user_id": self.user_id}
+
     def _send(
         self, events: Sequence[Event], extra: Mapping[str, Any], allow_unroutable: bool | None
     ) -> None:
+        extra = self._signed(extra)
         messages = [encode(event, extra, max_bytes=self.max_message_bytes) for event in events]
         allow = self.allow_unroutable if allow_unroutable is None else allow_unroutable
         unroutable = self._publisher_pool().send(
@@ -308,6 +322,14 @@ class EventBus:
 
     def _publish_copies(self, messages: Sequence[OutgoingMessage]) -> None:
         """Publish retried or dead-lettered copies, which must reach their queue."""
+        if self.user_id is not None:
+            # Signed by this bus's user: verify_source trusts its own retry copies.
+            messages = [
+                OutgoingMessage(
+                    m.body, m.exchange, m.routing_key, {**m.properties, "user_id": self.user_id}
+                )
+                for m in messages
+            ]
         self._publisher_pool().publish(
             messages, allow_unroutable=False, timeout=self.publish_timeout
         )
@@ -437,4 +459,6 @@ class EventBus:
             policy,
             require_schemas=self.require_schemas,
             max_message_bytes=self.max_message_bytes,
+            verify_source=self.verify_source,
+            own_user=self.user_id,
         )

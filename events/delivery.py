@@ -17,13 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from events.envelope import Event
-from events.errors import DecodeError, Permanent, SchemaError
+from events.errors import DecodeError, Permanent, SchemaError, UnverifiedSource
 from events.schemas import SchemaRegistry
 from events.subscriptions import EventHandler
+from kitty_tasks.core.access import publisher_may_claim
 from kitty_tasks.core.dead_letters import oversized
 from kitty_tasks.core.failure import FailurePolicy, Outcome, RetryPlan, attempt_of
 from kitty_tasks.core.metrics import EVENTS_CONSUMED, EVENTS_FAILED
-from kitty_tasks.core.topology import delay_exchange_name, dlq_name
+from kitty_tasks.core.topology import H_ATTEMPT, delay_exchange_name, dlq_name
 
 __all__ = ["NON_RETRYABLE", "Ack", "EventDelivery", "current_event"]
 
@@ -57,6 +58,9 @@ class EventDelivery:
         policy: retries or dead-letters failed deliveries.
         require_schemas: dead-letter events of types without a schema.
         max_message_bytes: bodies over it are dead-lettered before decoding.
+        verify_source: dead-letter events whose publishing broker user may not claim
+            their ``source`` (by the access table).
+        own_user: this bus's broker user, which publishes its own retry copies.
     """
 
     queue: str
@@ -65,6 +69,8 @@ class EventDelivery:
     policy: FailurePolicy
     require_schemas: bool = False
     max_message_bytes: int = 1024 * 1024
+    verify_source: bool = False
+    own_user: str | None = None
 
     def __call__(self, message: Any, ack: Ack) -> None:
         """Handle ``message`` (a Kombu delivery), then ``ack(message)`` or reject it."""
@@ -96,6 +102,13 @@ class EventDelivery:
         except (DecodeError, SchemaError) as err:
             event_type = str(message.properties.get("type") or "unknown")
             return self._fail(message, err, event_type, retryable=False)
+        event = event.published_by(message.properties.get("user_id"))
+        if self.verify_source:
+            reason = self._unverified(event, message.headers or {})
+            if reason is not None:
+                return self._fail(
+                    message, UnverifiedSource(reason), event.event_type, retryable=False
+                )
         token = current_event.set(event)
         try:
             self.handler(event)
@@ -106,6 +119,17 @@ class EventDelivery:
             current_event.reset(token)
         consumed_counter(event.event_type, self.queue).inc()
         return True
+
+    def _unverified(self, event: Event, headers: dict[str, Any]) -> str | None:
+        """Why ``event`` may not be trusted to come from its ``source``; None when it may."""
+        if (
+            event.publisher is not None
+            and event.publisher == self.own_user
+            and H_ATTEMPT in headers
+        ):
+            # A retry copy this bus made itself, after the first delivery passed this check.
+            return None
+        return publisher_may_claim(event.publisher, event.source)
 
     def _fail(self, message: Any, exc: Exception, event_type: str, *, retryable: bool) -> bool:
         """Retry or dead-letter ``message`` by the policy; log and count what became of it."""

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -106,6 +107,8 @@ class Event(BaseModel):
     causation_id: str | None = Field(None, max_length=255)
     traceparent: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    # Not part of the body: the broker user that published it, from the AMQP user_id.
+    _publisher: str | None = PrivateAttr(default=None)
 
     @field_validator("event_type", mode="before")
     @classmethod
@@ -133,6 +136,26 @@ class Event(BaseModel):
         if value is not None and not TRACEPARENT_PATTERN.match(value):
             raise ValueError(f"traceparent {value!r} is not a W3C trace context")
         return value
+
+    @property
+    def publisher(self) -> str | None:
+        """Broker user that published this event (AMQP ``user_id``, checked by the broker)."""
+        return self._publisher
+
+    def published_by(self, user: str | None) -> Event:
+        """This event as received from broker user ``user`` (a copy; the body is unchanged)."""
+        received = self.model_copy()
+        received._publisher = user
+        return received
+
+    def __eq__(self, other: object) -> bool:
+        # The envelope alone: a received event equals the one sent, whoever published it.
+        if not isinstance(other, Event):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(self.event_id)
 
     def to_dict(self) -> dict[str, Any]:
         """The envelope as JSON-ready values (timestamp as ISO 8601, UTC)."""

@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "UnreadableVersion",
     "Unroutable",
+    "UnverifiedSource",
     "validation_summary",
 ]
 
@@ -54,6 +55,10 @@ class SchemaError(EventError, ValueError):
 
 class UnreadableVersion(SchemaError):
     """No registered schema can read this version of the event."""
+
+
+class UnverifiedSource(EventError):
+    """The event's ``source`` is not one its publishing broker user may claim."""
 
 
 def validation_summary(err: ValidationError) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import amqp
 from pydantic import BaseModel
 
-from kitty_tasks.core.connection import safe_url
+from kitty_tasks.core.connection import safe_url, user_of
 from kitty_tasks.core.errors import BrokerUnavailable
 from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.settings import get_settings
@@ -28,6 +28,7 @@ from rpc.presence import WATCH_INTERVAL, ServicePresence
 from rpc.protocol import (
     CONTENT_TYPE,
     REPLY_TO,
+    authenticated,
     encode_payload,
     expiration_ms,
     request_headers,
@@ -65,6 +66,8 @@ class RPCClient:
     ) -> None:
         settings = get_settings()
         self.url = url or settings.rabbitmq_url
+        #: The broker user, sent as ``user_id`` (None: the broker's default user).
+        self.user_id = user_of(self.url)
         self.max_message_bytes = max_message_bytes or settings.max_message_bytes
         self._link = Link(
             self.url, name="rpc-client", heartbeat=heartbeat, connect_timeout=connect_timeout
@@ -257,6 +260,7 @@ class RPCClient:
             expiration=expiration,
             delivery_mode=1,  # a request is worthless after its timeout; skip the disk
             application_headers=request_headers(method, timeout),
+            **authenticated(self.user_id),
         )
         try:
             self._link.publish(message, RPC_EXCHANGE, service, mandatory=True)

@@ -26,6 +26,7 @@ __all__ = [
     "H_METHOD",
     "REPLY_TO",
     "Reply",
+    "authenticated",
     "deadline_passed",
     "decode_reply",
     "decode_request",
@@ -90,6 +91,14 @@ def expiration_ms(timeout: float) -> str:
     if not timeout > 0 or math.isinf(timeout):
         raise ValueError(f"an RPC timeout must be a positive number of seconds, not {timeout!r}")
     return str(max(1, math.ceil(timeout * 1000)))
+
+
+def authenticated(user_id: str | None) -> dict[str, str]:
+    """The ``user_id`` property for a message sent as broker user ``user_id`` (none if None).
+
+    RabbitMQ refuses a user_id other than the connection's, so a receiver can trust it.
+    """
+    return {} if user_id is None else {"user_id": user_id}
 
 
 def request_headers(method: str | None, timeout: float, now: float | None = None) -> dict[str, Any]:

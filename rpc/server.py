@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import amqp
 from pydantic import BaseModel, ValidationError
 
+from kitty_tasks.core.connection import user_of
 from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
 from kitty_tasks.core.errors import ConfigurationError, MessageTooLarge
 from kitty_tasks.core.metrics import RPC_REQUESTS, serve_metrics
@@ -26,6 +27,7 @@ from rpc.methods import MethodHandler, MethodRegistry
 from rpc.protocol import (
     CONTENT_TYPE,
     H_METHOD,
+    authenticated,
     deadline_passed,
     decode_request,
     encode_error,
@@ -90,6 +92,8 @@ class RPCServer:
             )
         settings = get_settings()
         self.url = url or settings.rabbitmq_url
+        #: The broker user, sent as ``user_id`` (None: the broker's default user).
+        self.user_id = user_of(self.url)
         self.service = service
         self.concurrency = concurrency
         self.prefetch = prefetch or concurrency
@@ -307,7 +311,10 @@ class RPCServer:
         reply = None
         if reply_to:
             reply = amqp.Message(
-                body, content_type=CONTENT_TYPE, correlation_id=properties.get("correlation_id")
+                body,
+                content_type=CONTENT_TYPE,
+                correlation_id=properties.get("correlation_id"),
+                **authenticated(self.user_id),
             )
         # After a reconnect the reply still helps a caller that waits, but the ack cannot be
         # sent: the broker requeued the request with the old channel.

@@ -23,6 +23,7 @@ __all__ = [
     "open_connection",
     "reconnect_delays",
     "safe_url",
+    "user_of",
     "vhost_of",
 ]
 
@@ -63,6 +64,14 @@ def vhost_of(amqp_url: str) -> str:
     if not path or path == "/":
         return "/"
     return urllib.parse.unquote(path[1:])
+
+
+def user_of(amqp_url: str) -> str | None:
+    """The broker user an AMQP URL logs in as; None when it names none (the broker's default)."""
+    if "://" not in amqp_url:
+        return None
+    first = amqp_url.partition(";")[0]  # a failover list: every URL logs in as one user
+    return urllib.parse.unquote(urllib.parse.urlsplit(first).username or "") or None
 
 
 def open_connection(

@@ -17,6 +17,11 @@ __all__ = ["ManagementClient", "ManagementError"]
 class ManagementError(KittyError):
     """The management API could not be reached or refused the request."""
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        #: The HTTP status the API answered; None when it could not be reached.
+        self.status = status
+
 
 class ManagementClient:
     """Talks to ``/api`` of the management plugin with the broker's own credentials."""
@@ -50,7 +55,9 @@ class ManagementClient:
                 text = resp.read().decode()
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")[:300]
-            raise ManagementError(f"{method} /api/{path} answered {err.code}: {detail}") from err
+            raise ManagementError(
+                f"{method} /api/{path} answered {err.code}: {detail}", status=err.code
+            ) from err
         except (urllib.error.URLError, OSError) as err:
             raise ManagementError(
                 f"cannot reach the RabbitMQ management API at {self.base_url} ({err}); "

@@ -78,6 +78,8 @@ class WorkerProcess:
     pool: str = "threads"
     concurrency: int = 4
     env: dict[str, str] = field(default_factory=dict)
+    #: ``-n`` of the worker; service accounts allow only their own node-name prefix.
+    node_name: str | None = None
     process: subprocess.Popen[bytes] | None = None
     #: Every worker started in this process, so a fixture can kill leftovers.
     started: ClassVar[list[WorkerProcess]] = []
@@ -107,7 +109,7 @@ class WorkerProcess:
             "-l",
             "INFO",
             "-n",
-            f"rel-{os.getpid()}-{id(self) % 10000}@%h",
+            self.node_name or f"rel-{os.getpid()}-{id(self) % 10000}@%h",
         ]
 
     def start(self, *, wait: bool = True, timeout: float = 60.0) -> WorkerProcess:

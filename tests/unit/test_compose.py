@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from kitty_tasks.core.access import ACCESS, password_variable
+from kitty_tasks.core.access import service as access_entry
 from kitty_tasks.core.settings import Settings
 from kitty_tasks.core.topology import EVENT_QUEUES, TASK_QUEUES
 from tests.compose_support import (
@@ -27,6 +29,18 @@ from tests.compose_support import (
 
 SECRET = re.compile(r"PASSWORD|PASS$|COOKIE|AUTH|SECRET|TOKEN")
 APP_SERVICES = ("research-worker", "cad-worker", "brain-worker", "flower", "exporter")
+#: The broker user each compose service logs in as (an account of the access table).
+COMPOSE_USERS = {
+    "research-worker": "research-worker",
+    "cad-worker": "cad-worker",
+    "brain-worker": "brain",
+    "flower": "operator",
+    "exporter": "operator",
+}
+#: Files compose mounts that a command writes before `docker compose up` (git-ignored).
+GENERATED = {"./rabbitmq/access.json": "kitty-tasks access export"}
+#: Variables `kitty-tasks access export` reads besides those compose uses.
+ACCESS_VARIABLES = {password_variable(e.service) for e in ACCESS}
 
 
 def services(path: Path) -> dict[str, Any]:
@@ -49,6 +63,11 @@ def test_every_file_parses(path: Path) -> None:
 def test_every_bind_mounted_file_exists(path: Path) -> None:
     for name, service in services(path).items():
         for source, _ in bind_mounts(service):
+            if source in GENERATED:
+                # Not in git (password hashes): ignored, and written by the named command.
+                ignored = (ROOT / ".gitignore").read_text().splitlines()
+                assert f"compose/{source.removeprefix('./')}" in ignored, source
+                continue
             assert (path.parent / source).is_file(), f"{path.name}: {name} mounts missing {source}"
 
 
@@ -99,7 +118,7 @@ def test_every_variable_is_documented_in_env_example(path: Path) -> None:
 
 
 def test_env_example_documents_only_used_variables_and_leaves_secrets_empty() -> None:
-    used = {m["name"] for p in COMPOSE_FILES for m in compose_variables(p)}
+    used = {m["name"] for p in COMPOSE_FILES for m in compose_variables(p)} | ACCESS_VARIABLES
     text = (COMPOSE_DIR / ".env.example").read_text()
     for name, value in env_example_variables().items():
         assert name in used, f".env.example documents unused {name}"
@@ -145,14 +164,43 @@ def test_the_entrypoint_loads_the_mounted_definitions(compose: str, conf: str) -
             assert service["command"] == ["rabbitmq-server"]
 
 
-def test_app_services_wait_for_a_healthy_broker_and_use_the_compose_user() -> None:
+def test_app_services_wait_for_a_healthy_broker_and_log_in_as_their_own_user() -> None:
     all_services = services(COMPOSE_DIR / "docker-compose.yml")
     for name in APP_SERVICES:
-        service = all_services[name]
-        assert service["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
-        url = service["environment"]["RABBITMQ_URL"]
-        assert url.startswith("amqp://${RABBITMQ_USER:?"), name
+        app = all_services[name]
+        assert app["depends_on"]["rabbitmq"]["condition"] == "service_healthy", name
+        # Its own account of the access table, with that account's required password
+        user = access_entry(COMPOSE_USERS[name]).user
+        url = app["environment"]["RABBITMQ_URL"]
+        assert url.startswith(f"amqp://{user}:${{{password_variable(user)}:?"), name
         assert "@rabbitmq:5672/" in url, name
+        assert "RABBITMQ_USER" not in url, name
+
+
+def test_each_worker_runs_under_the_node_name_and_queue_its_account_allows() -> None:
+    all_services = services(COMPOSE_DIR / "docker-compose.yml")
+    for name in ("research-worker", "cad-worker", "brain-worker"):
+        command = all_services[name]["command"]
+        entry = access_entry(COMPOSE_USERS[name])
+        # The pidbox permission covers only <prefix>@host.celery.pidbox
+        assert command[command.index("-n") + 1] == f"{entry.worker}@%h", name
+        queue = command[command.index("-Q") + 1]
+        assert any(q == queue.replace(".", "\\.") for q in entry.consumes), name
+
+
+@pytest.mark.parametrize(
+    ("compose", "conf"), [("docker-compose.yml", "rabbitmq.conf"), ("cluster.yml", "cluster.conf")]
+)
+def test_every_broker_loads_the_exported_accounts(compose: str, conf: str) -> None:
+    script = (COMPOSE_DIR / "rabbitmq/entrypoint.sh").read_text()
+    access_path = re.search(r"^ACCESS=(\S+)", script, re.MULTILINE)
+    assert access_path
+    # The script refuses to start without the file, naming the command that writes it
+    assert 'if [ ! -f "$ACCESS" ]' in script
+    assert "kitty-tasks access export" in script
+    for name, node in services(COMPOSE_DIR / compose).items():
+        if name.startswith("rabbitmq"):
+            assert mounted_source(node, access_path[1]) == "./rabbitmq/access.json", name
 
 
 def test_workers_serve_each_task_queue_with_metrics() -> None:

@@ -36,6 +36,8 @@ class Subscriber:
         *,
         publish: StubPublish | None = None,
         registry: SchemaRegistry | None = None,
+        verify_source: bool = False,
+        own_user: str | None = None,
     ) -> None:
         self.queue = f"test-service.{uuid.uuid4().hex[:8]}.events"
         self.timeline: list[tuple[Any, ...]] = []
@@ -43,7 +45,14 @@ class Subscriber:
         self.publish.timeline = self.timeline
         self.channel = StubChannel(self.timeline)
         policy = FailurePolicy(self.publish, max_retries=MAX_RETRIES, backoff_base=0.1)
-        self.deliver = EventDelivery(self.queue, handler, registry or SchemaRegistry(), policy)
+        self.deliver = EventDelivery(
+            self.queue,
+            handler,
+            registry or SchemaRegistry(),
+            policy,
+            verify_source=verify_source,
+            own_user=own_user,
+        )
 
     def receive(self, body: bytes, *, attempt: int | None = None, **properties: Any) -> None:
         """Deliver ``body`` (on its ``attempt``) and let the decision settle it."""
@@ -51,10 +60,14 @@ class Subscriber:
         message = delivery(body, channel=self.channel, headers=headers, **properties)
         self.deliver(message, lambda m: m.ack())
 
-    def receive_event(self, event: Event, *, attempt: int | None = None) -> None:
-        """Deliver ``event`` as the bus publishes it."""
+    def receive_event(
+        self, event: Event, *, attempt: int | None = None, user_id: str | None = None
+    ) -> None:
+        """Deliver ``event`` as the bus publishes it (as broker user ``user_id``)."""
         properties = event.to_properties()
         properties.pop("application_headers", None)
+        if user_id is not None:
+            properties["user_id"] = user_id
         self.receive(event.encode(), attempt=attempt, **properties)
 
     @property
@@ -213,3 +226,49 @@ def test_events_published_by_a_handler_know_the_event_in_hand() -> None:
     subscriber.receive_event(sent)
     assert seen == [sent]
     assert current_event.get() is None
+
+
+def claiming(source: str) -> Event:
+    return Event(event_type="fabrication.print.started", source=source, data={})
+
+
+def test_the_handler_sees_the_publishing_user() -> None:
+    seen: list[Event] = []
+    subscriber = Subscriber(seen.append)
+    subscriber.receive_event(claiming("fabrication-service"), user_id="fabrication")
+    assert [e.publisher for e in seen] == ["fabrication"]
+    subscriber.receive_event(claiming("fabrication-service"))
+    assert seen[-1].publisher is None
+
+
+@pytest.mark.parametrize(
+    ("user_id", "source", "reason"),
+    [
+        ("fabrication", "cad-service", "published by broker user 'fabrication'"),
+        (None, "fabrication-service", "carries no user_id"),
+        ("audit", "fabrication-service", "belongs to fabrication"),
+    ],
+)
+def test_verify_source_dead_letters_a_source_its_publisher_may_not_claim(
+    user_id: str | None, source: str, reason: str
+) -> None:
+    seen: list[Event] = []
+    subscriber = Subscriber(seen.append, verify_source=True, own_user="audit")
+    subscriber.receive_event(claiming(source), user_id=user_id)
+    assert seen == []
+    assert subscriber.timeline == [("publish", DLX_EXCHANGE, subscriber.queue), ("ack", 1, False)]
+    headers = subscriber.copy.properties["application_headers"]
+    assert headers[H_ERROR_TYPE] == "UnverifiedSource"
+    assert reason in headers[H_ERROR_MESSAGE]
+
+
+def test_verify_source_accepts_its_own_retry_copy_only() -> None:
+    # A retry copy comes back signed by the subscriber's own user, with the attempt header
+    seen: list[Event] = []
+    subscriber = Subscriber(seen.append, verify_source=True, own_user="audit")
+    subscriber.receive_event(claiming("fabrication-service"), attempt=2, user_id="audit")
+    assert len(seen) == 1
+    # The same user without the attempt header is checked like anyone else
+    subscriber.receive_event(claiming("fabrication-service"), user_id="audit")
+    assert len(seen) == 1
+    assert subscriber.copy.properties["application_headers"][H_ERROR_TYPE] == "UnverifiedSource"
