@@ -17,6 +17,7 @@ from kitty_tasks.core.topology import TOPOLOGY, QueueType, build_topology, defin
 from kitty_tasks.ops.cli_dlq import dlq
 from kitty_tasks.ops.cli_format import management_client
 from kitty_tasks.ops.cli_ops import health, metrics, tasks
+from kitty_tasks.ops.cli_replay import replay
 from kitty_tasks.ops.cli_wire import events, rpc
 
 __all__ = ["main"]
@@ -48,6 +49,7 @@ main.add_command(tasks)
 main.add_command(metrics)
 main.add_command(events)
 main.add_command(rpc)
+events.add_command(replay)
 
 
 @main.group()

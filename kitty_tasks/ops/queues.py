@@ -13,6 +13,7 @@ from kitty_tasks.core.topology import (
     DLQ_SUFFIX,
     DLX_QUEUE,
     EVENT_QUEUES,
+    STREAMS,
     TASK_QUEUES,
     dlq_name,
 )
@@ -76,9 +77,11 @@ def resolve_dlq(connection: Connection, name: str) -> str:
 
 
 def queue_kind(name: str) -> str:
-    """``task``, ``event``, ``dlq``, ``delay`` or ``other`` (RPC and the rest)."""
+    """``task``, ``stream``, ``event``, ``dlq``, ``delay`` or ``other`` (RPC and the rest)."""
     if name in TASK_QUEUES:
         return "task"
+    if name in STREAMS:
+        return "stream"
     if is_dead_letter_queue(name):
         return "dlq"
     if name.startswith(DELAY_PREFIX):
