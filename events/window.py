@@ -30,12 +30,15 @@ def parse_when(
 
     A time without a UTC offset is taken as UTC. Anything else raises ``ConfigurationError``.
     """
-    if isinstance(value, timedelta):
-        moment = now - value
-    elif isinstance(value, datetime):
+    if isinstance(value, datetime):
         moment = value
-    elif isinstance(value, str) and _DURATION.match(value.strip()):
-        moment = now - _duration(value.strip())
+    elif isinstance(value, timedelta) or (
+        isinstance(value, str) and _DURATION.match(value.strip())
+    ):
+        try:
+            moment = now - (value if isinstance(value, timedelta) else _duration(value.strip()))
+        except OverflowError:
+            raise ConfigurationError(f"{option} {value!r} reaches back before year 1") from None
     else:
         try:
             moment = datetime.fromisoformat(str(value).strip())
