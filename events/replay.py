@@ -81,7 +81,7 @@ class ReplayStats:
     republished: int = 0
 
 
-def stream_spec(stream: str) -> QueueSpec:
+def _stream_spec(stream: str) -> QueueSpec:
     """The topology's stream called ``stream``; ``ConfigurationError`` for anything else."""
     try:
         spec = TOPOLOGY.queue(stream)
@@ -94,9 +94,12 @@ def stream_spec(stream: str) -> QueueSpec:
     return spec
 
 
-def event_encoding(message: amqp.Message) -> str:
-    """The encoding py-amqp decoded ``message``'s body with (events are UTF-8)."""
-    return str(message.properties.get("content_encoding") or "utf-8")
+def _body_bytes(message: amqp.Message) -> bytes:
+    # py-amqp hands over a body with a content encoding already decoded to str.
+    body = message.body
+    if isinstance(body, str):
+        return body.encode(str(message.properties.get("content_encoding") or "utf-8"))
+    return bytes(body)
 
 
 def _check_stream(connection: Connection, spec: QueueSpec) -> None:
@@ -184,7 +187,7 @@ def read_stream(
     Other messages in the stream (undecodable bodies, other replays' end markers) are
     skipped and counted in ``stats``.
     """
-    spec = stream_spec(stream)
+    spec = _stream_spec(stream)
     stats = stats if stats is not None else ReplayStats()
     with connected(url) as connection:
         _check_stream(connection, spec)
@@ -210,10 +213,7 @@ def read_stream(
             stats.matched += 1
             offset = int(headers.pop(_OFFSET_HEADER, -1))
             properties = {**message.properties, "application_headers": headers}
-            body = message.body
-            # py-amqp hands over a body with a content encoding already decoded.
-            raw = body.encode(event_encoding(message)) if isinstance(body, str) else bytes(body)
-            yield StoredEvent(event, offset, raw, properties)
+            yield StoredEvent(event, offset, _body_bytes(message), properties)
 
 
 def replay_events(
@@ -231,11 +231,11 @@ def replay_events(
     ``until`` defaults to now. Inputs are checked before the broker is contacted.
     """
     window = ReplayWindow.build(since, until, pattern)
-    stream_spec(stream)
+    _stream_spec(stream)
     return (stored.event for stored in read_stream(url, window, stream=stream, stats=stats))
 
 
-def check_target(connection: Connection, queue: str, stream: str = AUDIT_EVENTS) -> None:
+def _check_target(connection: Connection, queue: str, stream: str = AUDIT_EVENTS) -> None:
     """Raise ``ConfigurationError`` unless ``queue`` is an existing queue events may go to."""
     if queue == stream:
         raise ConfigurationError(
@@ -285,10 +285,10 @@ def republish(
     ``x-kitty-replayed-from`` header, so ``@idempotent`` handlers skip events they have seen.
     """
     window = ReplayWindow.build(since, until, pattern)
-    stream_spec(stream)
+    _stream_spec(stream)
     stats = stats if stats is not None else ReplayStats()
     with connected(url) as connection:
-        check_target(connection, queue, stream)
+        _check_target(connection, queue, stream)
         publisher = ConfirmedPublisher(connection)
         try:
             batch: list[OutgoingMessage] = []
