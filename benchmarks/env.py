@@ -16,6 +16,7 @@ from kombu import Connection
 from kitty_tasks.core.declarer import apply_topology
 from kitty_tasks.core.management import ManagementClient
 from kitty_tasks.core.settings import DEFAULT_RABBITMQ_URL
+from kitty_tasks.core.topology import STREAMS
 
 __all__ = ["BenchEnv", "bench_env"]
 
@@ -57,12 +58,17 @@ class BenchEnv:
         }
 
     def purge(self, *queues: str) -> None:
-        """Empty ``queues`` so every trial starts from a fresh, empty queue."""
+        """Empty ``queues`` so every trial starts from a fresh, empty queue; streams are kept.
+
+        A stream cannot be purged (the broker closes the connection): it is an append-only
+        log that only its retention trims, and appending costs the same at any length.
+        """
         conn = self.amqp_connection()
         try:
             channel = conn.channel()
             for queue in queues:
-                channel.queue_purge(queue)
+                if queue not in STREAMS:
+                    channel.queue_purge(queue)
         finally:
             conn.close()
 

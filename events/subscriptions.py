@@ -12,6 +12,7 @@ from events.envelope import Event
 from events.errors import ConfigurationError
 from events.routing import check_pattern
 from kitty_tasks.core.declarer import apply_topology
+from kitty_tasks.core.errors import TopologyError
 from kitty_tasks.core.topology import (
     DELAY_PREFIX,
     DLX_EXCHANGE,
@@ -98,6 +99,14 @@ def subscription_topology(queue: str, pattern: str | None, *, durable: bool = Tr
     except KeyError:
         spec = QueueSpec(queue, dead_letter_arguments(queue), extra, durable)
     else:
+        if known.is_stream:
+            # A stream cannot reject, so neither retries nor dead letters could work on it,
+            # and acking would not remove anything: it is read by offset instead.
+            raise ConfigurationError(
+                f"{queue!r} is a stream (the audit log), not a subscriber queue: read it "
+                "with events.replay.replay_events or `kitty-tasks events replay`, or "
+                "subscribe without queue= to get a queue of your own"
+            )
         # A queue of the guide keeps its own arguments (declaring others would be refused).
         added = tuple(b for b in extra if b not in known.bindings)
         spec = QueueSpec(
@@ -113,7 +122,7 @@ def declare_subscription(connection: Connection, topology: Topology, *, with_lad
         if with_ladder:
             apply_topology(connection, ladder_topology())
         apply_topology(connection, topology)
-    except connection.channel_errors as err:
+    except (TopologyError, *connection.channel_errors) as err:
         names = ", ".join(q.name for q in topology.queues)
         raise ConfigurationError(
             f"cannot declare {names}: {err} (a queue of that name exists with other arguments?)"

@@ -19,7 +19,7 @@ from kitty_tasks.core.topology import AUDIT_EVENTS, EVENTS_EXCHANGE
 
 __all__ = ["EventConsume", "EventPublish"]
 
-#: Publish cases' event type: bound only by ``audit.events`` (``#``).
+#: Publish cases' event type: bound only by the ``audit.events`` stream (``#``).
 PUBLISH_TYPE = "bench.publish.tick"
 #: Consume case's event type, pattern and subscriber queue.
 CONSUME_TYPE = "bench.consume.tick"

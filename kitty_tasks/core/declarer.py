@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import amqp
 from kombu import Connection
 
+from kitty_tasks.core.errors import TopologyError
 from kitty_tasks.core.management import ManagementClient
 from kitty_tasks.core.topology import TOPOLOGY, Topology
 
@@ -32,7 +34,11 @@ class Difference:
 
 
 def apply_topology(connection: Connection, topology: Topology = TOPOLOGY) -> None:
-    """Declare every exchange, queue and binding of ``topology``; idempotent."""
+    """Declare every exchange, queue and binding of ``topology``; idempotent.
+
+    Raises ``TopologyError`` naming the queue when one exists with other arguments or
+    of another type (a classic ``audit.events`` from before it became a stream).
+    """
     channel = connection.channel()
     try:
         for ex in topology.exchanges:
@@ -40,9 +46,16 @@ def apply_topology(connection: Connection, topology: Topology = TOPOLOGY) -> Non
                 ex.name, ex.type, durable=ex.durable, auto_delete=False, arguments=ex.arguments
             )
         for q in topology.queues:
-            channel.queue_declare(
-                q.name, durable=q.durable, auto_delete=False, arguments=q.arguments
-            )
+            try:
+                channel.queue_declare(
+                    q.name, durable=q.durable, auto_delete=False, arguments=q.arguments
+                )
+            except amqp.exceptions.PreconditionFailed as err:
+                raise TopologyError(
+                    f"queue {q.name!r} exists with other arguments or of another type, and "
+                    f"the broker cannot change a queue in place ({err}); drain it, delete it, "
+                    "then apply again (kitty-tasks topology verify lists every difference)"
+                ) from err
             for binding in q.bindings:
                 channel.queue_bind(q.name, binding.exchange, binding.routing_key)
     finally:
@@ -99,6 +112,8 @@ def compare_topology(
             detail = ", ".join(f"{k}={have.get(k)!r} (code: {want.get(k)!r})" for k in changed)
             if live["durable"] != q.durable:
                 detail = f"durable={live['durable']} (code: {q.durable}) " + detail
+            if want.get("x-queue-type") != have.get("x-queue-type"):
+                detail += "; a queue's type cannot change: drain it, delete it, then apply"
             differences.append(Difference("inequivalent", "queue", q.name, detail.strip()))
     live_bindings = {
         (b["source"], b["destination"], b["routing_key"])

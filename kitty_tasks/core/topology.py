@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "AUDIT_EVENTS",
     "BROKER_DEATH_HEADERS",
     "DEFAULT_RETRY_BUCKETS",
     "DLQ_SUFFIX",
@@ -17,6 +18,7 @@ __all__ = [
     "DLX_UNROUTED_EXCHANGE",
     "EVENTS_EXCHANGE",
     "RPC_EXCHANGE",
+    "STREAM",
     "TASKS_EXCHANGE",
     "TASK_QUEUES",
     "Binding",
@@ -50,7 +52,17 @@ FABRICATION_EVENTS = "fabrication.events"
 NOTIFICATIONS = "notifications"
 AUDIT_EVENTS = "audit.events"
 TASK_QUEUES = (RESEARCH_TASKS, CAD_TASKS, BRAIN_COMMANDS)
-EVENT_QUEUES = (FABRICATION_EVENTS, NOTIFICATIONS, AUDIT_EVENTS)
+EVENT_QUEUES = (FABRICATION_EVENTS, NOTIFICATIONS)
+#: Streams: append-only logs read from an offset; they never dead-letter, so have no DLQ.
+STREAMS = (AUDIT_EVENTS,)
+STREAM = "stream"
+
+#: The audit log keeps 30 days of events, capped in bytes: streams retain by age and size,
+#: never by message count. 1 GiB holds the guide's 1M events at 1 KiB each (measured: an
+#: event of the guide is about 0.5 KiB on disk); retention drops whole 64 MiB segments.
+AUDIT_MAX_AGE = "30D"
+AUDIT_MAX_BYTES = 1024**3
+AUDIT_SEGMENT_BYTES = 64 * 1024**2
 
 #: Highest task priority; RabbitMQ delivers higher numbers first.
 MAX_PRIORITY = 10
@@ -75,6 +87,10 @@ H_ORIGINAL_QUEUE = "x-kitty-original-queue"
 H_PUBLISHED_AT = "x-kitty-published-at"
 #: How many times an operator has replayed this message out of a DLQ.
 H_REPLAYS = "x-kitty-replays"
+#: On an event republished from a stream (the audit log): the stream it was read from.
+H_REPLAYED_FROM = "x-kitty-replayed-from"
+#: On the empty message a stream replay appends to find the log's end: the replay's id.
+H_STREAM_MARKER = "x-kitty-stream-marker"
 FAILURE_HEADERS = (
     H_ERROR_TYPE,
     H_ERROR_MESSAGE,
@@ -96,8 +112,6 @@ BROKER_DEATH_HEADERS = frozenset(
         "x-last-death-reason",
     }
 )
-
-_THIRTY_DAYS_MS = 30 * 24 * 3600 * 1000
 
 
 class QueueType(str, Enum):
@@ -133,6 +147,11 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict, hash=False)
     bindings: tuple[Binding, ...] = ()
     durable: bool = True
+
+    @property
+    def is_stream(self) -> bool:
+        """True for a stream, which cannot reject or dead-letter and so has no DLQ."""
+        return self.arguments.get("x-queue-type") == STREAM
 
 
 @dataclass(frozen=True)
@@ -220,12 +239,25 @@ def _event_queue(
     return QueueSpec(name, arguments, (Binding(EVENTS_EXCHANGE, pattern),))
 
 
+def _audit_stream() -> QueueSpec:
+    arguments = {
+        "x-queue-type": STREAM,
+        "x-max-age": AUDIT_MAX_AGE,
+        "x-max-length-bytes": AUDIT_MAX_BYTES,
+        "x-stream-max-segment-size-bytes": AUDIT_SEGMENT_BYTES,
+    }
+    return QueueSpec(AUDIT_EVENTS, arguments, (Binding(EVENTS_EXCHANGE, "#"),))
+
+
 def build_topology(
     *,
     buckets: Iterable[int] = DEFAULT_RETRY_BUCKETS,
     event_queue_type: QueueType = QueueType.CLASSIC,
 ) -> Topology:
-    """Build the platform's topology; ``event_queue_type`` makes event queues quorum."""
+    """Build the platform's topology; ``event_queue_type`` makes event queues quorum.
+
+    The audit log is a stream in every profile: streams replicate across a cluster too.
+    """
     bucket_list = sorted(set(buckets))
     exchanges = [
         ExchangeSpec(EVENTS_EXCHANGE, "topic"),
@@ -246,15 +278,12 @@ def build_topology(
             event_queue_type,
         ),
         _event_queue(NOTIFICATIONS, "notification.#", {"x-max-length": 50_000}, event_queue_type),
-        _event_queue(
-            AUDIT_EVENTS,
-            "#",
-            {"x-max-length": 1_000_000, "x-message-ttl": _THIRTY_DAYS_MS},
-            event_queue_type,
-        ),
+        _audit_stream(),
     ]
     dead_letter_queues = [
-        QueueSpec(dlq_name(q.name), {}, (Binding(DLX_EXCHANGE, q.name),)) for q in work_queues
+        QueueSpec(dlq_name(q.name), {}, (Binding(DLX_EXCHANGE, q.name),))
+        for q in work_queues
+        if not q.is_stream
     ]
     delay_queues = [
         QueueSpec(

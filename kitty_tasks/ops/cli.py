@@ -18,6 +18,7 @@ from kitty_tasks.ops.cli_access import access
 from kitty_tasks.ops.cli_dlq import dlq
 from kitty_tasks.ops.cli_format import management_client
 from kitty_tasks.ops.cli_ops import health, metrics
+from kitty_tasks.ops.cli_replay import replay
 from kitty_tasks.ops.cli_tasks import tasks
 from kitty_tasks.ops.cli_wire import events, rpc
 
@@ -51,6 +52,7 @@ main.add_command(metrics)
 main.add_command(events)
 main.add_command(rpc)
 main.add_command(access)
+events.add_command(replay)
 
 
 @main.group()

@@ -19,7 +19,7 @@ from kitty_tasks.ops.cli_dlq import operator_errors
 from kitty_tasks.ops.cli_format import echo_json, json_object
 from rpc import RPCClient
 
-__all__ = ["events", "rpc"]
+__all__ = ["event_line", "events", "rpc"]
 
 #: Source of events published from the command line.
 CLI_SOURCE = "kitty-cli"
@@ -69,6 +69,11 @@ def _event_line(message: Any, as_json: bool) -> str:
         )
     except DecodeError as err:
         return json.dumps({"undecodable": str(err)}) if as_json else f"undecodable: {err}"
+    return event_line(event, as_json)
+
+
+def event_line(event: Event, as_json: bool) -> str:
+    """One event on one line: time, type, source, id and data; or compact JSON."""
     if as_json:
         return json.dumps(event.to_dict(), separators=(",", ":"))
     stamp = event.timestamp.isoformat(timespec="seconds")

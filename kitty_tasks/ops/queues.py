@@ -16,6 +16,7 @@ from kitty_tasks.core.topology import (
     DLX_QUEUE,
     EVENT_QUEUES,
     RPC_EXCHANGE,
+    STREAMS,
     SUBSCRIBER_QUEUE_TEMPLATE,
     TASK_QUEUES,
     TOPOLOGY,
@@ -88,9 +89,11 @@ def resolve_dlq(connection: Connection, name: str) -> str:
 
 
 def queue_kind(name: str, rpc_queues: Collection[str] = ()) -> str:
-    """``task``, ``event``, ``dlq``, ``delay``, ``rpc`` (one of ``rpc_queues``) or ``other``."""
+    """The kind of a queue: task, stream, event, dlq, delay, rpc (in ``rpc_queues``), other."""
     if name in TASK_QUEUES:
         return "task"
+    if name in STREAMS:
+        return "stream"
     if is_dead_letter_queue(name):
         return "dlq"
     if name.startswith(DELAY_PREFIX):

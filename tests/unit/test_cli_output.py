@@ -51,6 +51,7 @@ def test_queue_kinds_and_dead_letter_queue_names() -> None:
     assert queue_kind("dlx.queue") == "dlq"
     assert queue_kind("kitty.delay.5s") == "delay"
     assert queue_kind("fabrication.events") == "event"
+    assert queue_kind("audit.events") == "stream"
     assert queue_kind("math.rpc") == "other"
     assert queue_kind("math.rpc", rpc_queues={"math.rpc"}) == "rpc"
     assert queue_kind("audit-service.fabrication.print.all.events") == "event"

@@ -47,9 +47,9 @@ def test_definitions_hold_no_users_or_passwords(path: Path) -> None:
     assert "guest" not in path.read_text()
 
 
-def test_cluster_definitions_make_event_and_audit_queues_quorum() -> None:
+def test_cluster_definitions_make_event_queues_quorum_and_audit_a_stream() -> None:
     queues = {q["name"]: q["arguments"] for q in json.loads(CLUSTER.read_text())["queues"]}
-    assert AUDIT_EVENTS in EVENT_QUEUES
+    assert queues[AUDIT_EVENTS]["x-queue-type"] == "stream"
     for name in EVENT_QUEUES:
         assert queues[name]["x-queue-type"] == "quorum", name
     for name in TASK_QUEUES:
@@ -58,9 +58,10 @@ def test_cluster_definitions_make_event_and_audit_queues_quorum() -> None:
         assert queues[name]["x-max-priority"] == 10
 
 
-def test_single_node_definitions_are_all_classic() -> None:
+def test_single_node_definitions_are_classic_but_the_audit_stream() -> None:
     text = SINGLE.read_text()
     assert "quorum" not in text
+    assert text.count('"x-queue-type": "stream"') == 1
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])

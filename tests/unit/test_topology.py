@@ -26,13 +26,27 @@ def test_guide_queue_limits_and_ttl():
     assert "x-max-length" not in TOPOLOGY.queue("brain.commands").arguments
     assert TOPOLOGY.queue("fabrication.events").arguments["x-max-length"] == 100_000
     assert TOPOLOGY.queue("notifications").arguments["x-max-length"] == 50_000
-    audit = TOPOLOGY.queue("audit.events").arguments
-    assert audit["x-max-length"] == 1_000_000
-    assert audit["x-message-ttl"] == 30 * 24 * 3600 * 1000
+
+
+def test_the_audit_log_is_a_stream_of_every_event_kept_30_days_under_a_byte_cap():
+    audit = TOPOLOGY.queue("audit.events")
+    assert audit.is_stream
+    assert audit.arguments == {
+        "x-queue-type": "stream",
+        "x-max-age": "30D",
+        "x-max-length-bytes": 1024**3,
+        "x-stream-max-segment-size-bytes": 64 * 1024**2,
+    }
+    assert [(b.exchange, b.routing_key) for b in audit.bindings] == [("kitty.events", "#")]
+    # A stream cannot reject, so it neither dead-letters nor has a DLQ
+    with pytest.raises(KeyError):
+        TOPOLOGY.queue(dlq_name("audit.events"))
+    quorum = build_topology(event_queue_type=QueueType.QUORUM)
+    assert quorum.queue("audit.events").arguments == audit.arguments
 
 
 def test_every_work_queue_dead_letters_into_its_own_dlq():
-    for name in (*TASK_QUEUES, "fabrication.events", "notifications", "audit.events"):
+    for name in (*TASK_QUEUES, "fabrication.events", "notifications"):
         arguments = TOPOLOGY.queue(name).arguments
         assert arguments["x-dead-letter-exchange"] == DLX_EXCHANGE
         assert arguments["x-dead-letter-routing-key"] == name
@@ -83,7 +97,7 @@ def test_subscriber_queue_names_are_readable():
 
 def test_quorum_variant_changes_only_event_queues():
     quorum = build_topology(event_queue_type=QueueType.QUORUM)
-    assert quorum.queue("audit.events").arguments["x-queue-type"] == "quorum"
+    assert quorum.queue("fabrication.events").arguments["x-queue-type"] == "quorum"
     assert "x-queue-type" not in quorum.queue("research.tasks").arguments
 
 
