@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from events import Event, EventBus
-from tests.reliability.helpers import Ledger, WorkerProcess, read_ids
+from kitty_tasks.core.topology import RESEARCH_TASKS
+from tests.reliability.helpers import Ledger, WorkerProcess, queue_counts, read_ids
 from tests.reliability.node import RabbitNode, wait_for
 from tests.reliability.workerapp import RECORD_TASK, make_app
 
@@ -104,15 +105,25 @@ def test_sigkilled_broker_loses_no_confirmed_event_or_task(
         for thread in threads:
             thread.join(timeout=300)
         # Then every confirmed id arrives, the consumers having reconnected by themselves
-        wait_for(
-            lambda: not (tasks.confirmed - set(read_ids(worker.record_dir, "runs"))),
-            timeout=60,
-            what="every confirmed task run",
-            progress=lambda: len(read_ids(worker.record_dir, "runs")),
-        )
+        try:
+            # Celery's worker reconnects with Kombu's backoff (up to 30 s between tries),
+            # so a window without progress shorter than that would fail a healthy run.
+            wait_for(
+                lambda: not (tasks.confirmed - set(read_ids(worker.record_dir, "runs"))),
+                timeout=120,
+                what="every confirmed task run",
+                progress=lambda: len(read_ids(worker.record_dir, "runs")),
+            )
+        except TimeoutError as err:
+            missing = sorted(tasks.confirmed - set(read_ids(worker.record_dir, "runs")))
+            raise AssertionError(
+                f"{err}; {len(missing)} confirmed task(s) never ran, e.g. {missing[:5]}; "
+                f"queue (ready, consumers) = {queue_counts(node_url, RESEARCH_TASKS)}; "
+                f"worker alive: {worker.alive}\n{worker.log_tail()}"
+            ) from err
         wait_for(
             lambda: not (events.confirmed - set(received)),
-            timeout=60,
+            timeout=120,
             what="every confirmed event",
             progress=lambda: len(received),
         )
