@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
@@ -16,7 +14,7 @@ from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import TOPOLOGY, QueueType, build_topology, definitions_json
 from kitty_tasks.ops.cli_access import access
 from kitty_tasks.ops.cli_dlq import dlq
-from kitty_tasks.ops.cli_format import management_client
+from kitty_tasks.ops.cli_format import management_client, report_differences
 from kitty_tasks.ops.cli_ops import health, metrics
 from kitty_tasks.ops.cli_replay import replay
 from kitty_tasks.ops.cli_tasks import tasks
@@ -117,12 +115,6 @@ def topology_verify(ctx: click.Context, vhost: str | None, as_json: bool) -> Non
         differences = compare_topology(management_client(ctx), vhost, TOPOLOGY)
     except ManagementError as err:
         raise click.ClickException(str(err)) from err
-    if as_json:
-        click.echo(json.dumps([d.__dict__ for d in differences], indent=2))
-    elif differences:
-        for difference in differences:
-            click.echo(str(difference))
-        click.echo(f"{len(differences)} difference(s) in vhost {vhost!r}", err=True)
-    else:
-        click.echo(f"vhost {vhost!r} matches the topology")
-    sys.exit(1 if differences else 0)
+    report_differences(
+        differences, vhost=vhost, as_json=as_json, matched=f"vhost {vhost!r} matches the topology"
+    )

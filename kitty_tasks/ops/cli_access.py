@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -21,7 +20,7 @@ from kitty_tasks.core.accounts import apply_access, compare_access
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.management import ManagementError
-from kitty_tasks.ops.cli_format import management_client
+from kitty_tasks.ops.cli_format import management_client, report_differences
 
 __all__ = ["ACCESS_DEFINITIONS_PATH", "access"]
 
@@ -122,12 +121,9 @@ def access_verify(
         differences = compare_access(management_client(ctx), vhost, _entries(services))
     except ManagementError as err:
         raise click.ClickException(str(err)) from err
-    if as_json:
-        click.echo(json.dumps([d.__dict__ for d in differences], indent=2))
-    elif differences:
-        for difference in differences:
-            click.echo(str(difference))
-        click.echo(f"{len(differences)} difference(s) in vhost {vhost!r}", err=True)
-    else:
-        click.echo(f"accounts on vhost {vhost!r} match the access table")
-    sys.exit(1 if differences else 0)
+    report_differences(
+        differences,
+        vhost=vhost,
+        as_json=as_json,
+        matched=f"accounts on vhost {vhost!r} match the access table",
+    )

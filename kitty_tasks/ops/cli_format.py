@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "json_list",
     "json_object",
     "management_client",
+    "report_differences",
     "table",
     "truncate",
 ]
@@ -46,6 +48,21 @@ def json_list(text: str, option: str) -> list[Any]:
 def management_client(ctx: click.Context) -> ManagementClient:
     """Management API client for the command's broker (same user and password)."""
     return ManagementClient.from_urls(ctx.obj["management_url"], ctx.obj["url"])
+
+
+def report_differences(
+    differences: Sequence[Any], *, vhost: str, as_json: bool, matched: str
+) -> None:
+    """Print what ``verify`` found (or ``matched``), then exit 1 if anything differs."""
+    if as_json:
+        click.echo(json.dumps([d.__dict__ for d in differences], indent=2))
+    elif differences:
+        for difference in differences:
+            click.echo(str(difference))
+        click.echo(f"{len(differences)} difference(s) in vhost {vhost!r}", err=True)
+    else:
+        click.echo(matched)
+    sys.exit(1 if differences else 0)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
