@@ -22,8 +22,10 @@ from kitty_tasks.core.topology import (
     Binding,
     QueueSpec,
     Topology,
-    dead_letter_arguments,
+    TopologyProfile,
+    dead_letter_queue_arguments,
     dlq_name,
+    work_queue_arguments,
 )
 
 __all__ = [
@@ -96,14 +98,20 @@ def subscription_topology(queue: str, pattern: str | None, *, durable: bool = Tr
     try:
         known = TOPOLOGY.queue(queue)
     except KeyError:
-        spec = QueueSpec(queue, dead_letter_arguments(queue), extra, durable)
+        # Durable: the profile's queue type; a transient queue can only be classic.
+        profile = TOPOLOGY.profile if durable else TopologyProfile.CLASSIC
+        spec = QueueSpec(queue, work_queue_arguments(queue, profile), extra, durable)
     else:
         # A queue of the guide keeps its own arguments (declaring others would be refused).
         added = tuple(b for b in extra if b not in known.bindings)
         spec = QueueSpec(
             known.name, known.arguments, (*known.bindings, *added), known.durable and durable
         )
-    dead_letters = QueueSpec(dlq_name(queue), {}, (Binding(DLX_EXCHANGE, queue),))
+    dead_letters = QueueSpec(
+        dlq_name(queue),
+        dead_letter_queue_arguments(TOPOLOGY.profile),
+        (Binding(DLX_EXCHANGE, queue),),
+    )
     return Topology((), (spec, dead_letters))
 
 

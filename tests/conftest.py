@@ -30,11 +30,16 @@ RABBITMQ4_MANAGEMENT_URL = os.environ.get(
 )
 BROKER = os.environ.get("KITTY_TEST_BROKER", "default") or "default"
 if BROKER not in BROKERS:
-    raise pytest.UsageError(f"KITTY_TEST_BROKER must be one of {', '.join(BROKERS)}, not {BROKER!r}")
+    raise pytest.UsageError(
+        f"KITTY_TEST_BROKER must be one of {', '.join(BROKERS)}, not {BROKER!r}"
+    )
 if BROKER == "rabbitmq4":
     # Worker subprocesses and the app under test inherit these.
     os.environ["RABBITMQ_URL"] = RABBITMQ4_URL
     os.environ["KITTY_MANAGEMENT_URL"] = RABBITMQ4_MANAGEMENT_URL
+    os.environ["KITTY_BROKER_PROMETHEUS_URL"] = os.environ.get(
+        "KITTY_RABBITMQ4_PROMETHEUS_URL", "http://127.0.0.1:15693"
+    )
 
 BASE_URL = os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
 MANAGEMENT_URL = os.environ.get("KITTY_MANAGEMENT_URL", "http://localhost:15672")

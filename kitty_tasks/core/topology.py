@@ -211,7 +211,9 @@ def work_queue_arguments(
     return arguments
 
 
-def dead_letter_queue_arguments(profile: TopologyProfile = TopologyProfile.CLASSIC) -> dict[str, Any]:
+def dead_letter_queue_arguments(
+    profile: TopologyProfile = TopologyProfile.CLASSIC,
+) -> dict[str, Any]:
     """Arguments of a DLQ (which dead-letters nowhere), in ``profile``."""
     if profile is TopologyProfile.QUORUM:
         return quorum_arguments(dead_letters=False)

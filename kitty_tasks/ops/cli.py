@@ -109,7 +109,9 @@ def topology_export(output: Path | None, profile: str, queue_type: str) -> None:
     """Write the topology as RabbitMQ definitions (for the broker's load_definitions)."""
     chosen = TopologyProfile(profile)
     if chosen is TopologyProfile.QUORUM and queue_type != QueueType.CLASSIC.value:
-        raise click.UsageError("--queue-type is for the classic profile; quorum has every queue quorum")
+        raise click.UsageError(
+            "--queue-type is for the classic profile; quorum has every queue quorum"
+        )
     output = output or DEFINITIONS_PATHS[chosen]
     text = definitions_json(build_topology(event_queue_type=QueueType(queue_type), profile=chosen))
     if str(output) == "-":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 import uuid
 
@@ -35,13 +36,13 @@ def test_global_qos_is_denied_so_the_broker_limits_each_consumer_alone(amqp_url:
         channel.basic_qos(0, 1, True)
         delivered: list[str] = []
         for queue in queues:
-            channel.basic_consume(queue, callback=lambda m: delivered.append(m.delivery_info["routing_key"]))
+            channel.basic_consume(
+                queue, callback=lambda m: delivered.append(m.delivery_info["routing_key"])
+            )
 
         def both_delivered() -> bool:
-            try:
+            with contextlib.suppress(TimeoutError):
                 raw.drain_events(timeout=0.2)
-            except TimeoutError:
-                pass
             return sorted(delivered) == sorted(queues)
 
         # Then each consumer gets one: the broker refused the global limit (a broker that
@@ -68,7 +69,8 @@ def test_celery_workers_ask_for_per_consumer_prefetch_never_global(
         def consumers() -> list[dict[str, object]]:
             return [
                 c
-                for c in management_client.get("consumers/" + management_client.quote(test_vhost)) or []
+                for c in management_client.get("consumers/" + management_client.quote(test_vhost))
+                or []
                 if c["queue"]["name"] == CAD_TASKS
             ]
 
