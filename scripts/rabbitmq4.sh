@@ -40,6 +40,16 @@ mount_all() {
   mounted dev || mount --bind /dev "$ROOTFS/dev"
 }
 
+# Processes whose root is the chroot: the node, its epmd, CLI tools still exiting.
+chroot_pids() {
+  local root pid
+  root="$(readlink -f "$ROOTFS")"
+  for pid in /proc/[0-9]*; do
+    [ "$(readlink "$pid/root" 2>/dev/null)" = "$root" ] && echo "${pid#/proc/}"
+  done
+  return 0
+}
+
 umount_all() {
   for dir in dev sys proc; do
     if mounted "$dir"; then umount "$ROOTFS/$dir" || umount -l "$ROOTFS/$dir"; fi
@@ -123,8 +133,15 @@ stop() {
     in_root /usr/lib/rabbitmq/bin/rabbitmqctl -q stop >/dev/null
     echo "rabbitmq4: stopped"
   fi
-  # Our epmd only: the machine's listens on 4369 and stays.
-  if mounted proc; then in_root epmd -kill >/dev/null 2>&1 || true; fi
+  # Unmount once nothing runs in the chroot any more (a busy /dev cannot be unmounted).
+  # Our epmd exits only when asked, and only once the node has left it; the machine's
+  # epmd (4369) is another process and stays.
+  for _ in $(seq 1 60); do
+    [ -z "$(chroot_pids)" ] && break
+    if mounted proc; then in_root epmd -kill >/dev/null 2>&1 || true; fi
+    sleep 0.5
+  done
+  [ -z "$(chroot_pids)" ] || die "processes still run in $ROOTFS: $(chroot_pids | tr '\n' ' ')"
   umount_all
 }
 
