@@ -68,7 +68,10 @@ def topology_profile() -> TopologyProfile:
         return _ProfileOnly().topology_profile
     except ValidationError as err:
         choices = ", ".join(p.value for p in TopologyProfile)
-        raise ConfigurationError(f"KITTY_TOPOLOGY_PROFILE must be one of {choices}") from err
+        given = err.errors()[0].get("input")
+        raise ConfigurationError(
+            f"KITTY_TOPOLOGY_PROFILE must be one of {choices}, not {given!r}"
+        ) from err
 
 
 @lru_cache(maxsize=1)
