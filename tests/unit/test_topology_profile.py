@@ -21,5 +21,5 @@ def test_the_quorum_profile_is_read_from_the_environment(monkeypatch: pytest.Mon
 
 def test_an_unknown_profile_is_refused_with_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KITTY_TOPOLOGY_PROFILE", "mirrored")
-    with pytest.raises(ConfigurationError, match="must be one of classic, quorum, not .mirrored."):
+    with pytest.raises(ConfigurationError, match="must be one of classic, quorum, not 'mirrored'"):
         topology_profile()
