@@ -318,9 +318,13 @@ class PublisherPool:
                 arguments = spec.arguments
                 # Quorum queues reject-publish with no length limit, to dead-letter at least once.
                 limited = "x-max-length" in arguments
-                if limited and arguments.get("x-overflow") == "reject-publish" and any(
-                    b.exchange == EVENTS_EXCHANGE and topic_matches(b.routing_key, event_type)
-                    for b in spec.bindings
+                if (
+                    limited
+                    and arguments.get("x-overflow") == "reject-publish"
+                    and any(
+                        b.exchange == EVENTS_EXCHANGE and topic_matches(b.routing_key, event_type)
+                        for b in spec.bindings
+                    )
                 ):
                     found.append((spec.name, int(arguments["x-max-length"])))
         return sorted(set(found))
