@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import urllib.parse
 import uuid
+from typing import Any
 
 import amqp
 import pytest
 from kombu import Connection
 
-from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.management import ManagementClient, ManagementError
 from kitty_tasks.core.topology import CAD_TASKS
 from tests.helpers import CeleryWorker, wait_for
 from tests.integration.test_tasks import TEST_TASKS
@@ -66,17 +67,20 @@ def test_celery_workers_ask_for_per_consumer_prefetch_never_global(
 ):
     with CeleryWorker(amqp_url, [CAD_TASKS], include=[TEST_TASKS]):
         # When a worker consumes its queue
-        def consumers() -> list[dict[str, object]]:
-            return [
-                c
-                for c in management_client.get("consumers/" + management_client.quote(test_vhost))
-                or []
-                if c["queue"]["name"] == CAD_TASKS
-            ]
+        def consumer_and_channel() -> tuple[dict[str, Any], dict[str, Any]] | None:
+            # The API lists a consumer before its channel's stats arrive: wait for both.
+            listed = management_client.get("consumers/" + management_client.quote(test_vhost))
+            mine = [c for c in listed or [] if c["queue"]["name"] == CAD_TASKS]
+            # (until then its channel_details are an empty list)
+            if len(mine) != 1 or not mine[0]["channel_details"]:
+                return None
+            name = urllib.parse.quote(mine[0]["channel_details"]["name"], safe="")
+            try:
+                return mine[0], management_client.get("channels/" + name)
+            except ManagementError:
+                return None
 
-        [consumer] = wait_for(consumers, 30, what="the worker's consumer in the API")
-        name = str(consumer["channel_details"]["name"])  # type: ignore[index]
-        channel = management_client.get("channels/" + urllib.parse.quote(name, safe=""))
+        consumer, channel = wait_for(consumer_and_channel, 30, what="the worker's consumer")
     # Then its prefetch is the consumer's own (global QoS would show on the channel:
     # RabbitMQ 4.3 denies it, and quorum queues never took it)
     assert consumer["prefetch_count"] == 1
