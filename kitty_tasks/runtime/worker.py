@@ -7,14 +7,13 @@ from typing import Any
 
 from celery import Celery
 from celery.worker.consumer import Consumer
-from celery.worker.consumer.tasks import Tasks
 
 from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_ORIGINAL_QUEUE
 
-__all__ = ["KittyConsumer", "check_time_limit", "malformed_reason", "never_global_qos"]
+__all__ = ["KittyConsumer", "check_time_limit", "malformed_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,27 +91,11 @@ def malformed_reason(message: Any) -> str | None:
     return None
 
 
-def never_global_qos(consumer: Consumer) -> None:
-    """Make the consumer's task step ask for per-consumer prefetch, never global QoS.
-
-    Celery asks RabbitMQ 3.3+ for global QoS unless it sees quorum queues; RabbitMQ 4.3
-    denies it by default (4.0 with ``deprecated_features.permit.global_qos = false``)
-    and treats it as per consumer. Asking per consumer gives the worker's queue the same
-    prefetch on every broker and profile. (Replacing the step class would not do: steps
-    that require Celery's ``Tasks`` pull the original back in.)
-    """
-    step = consumer.blueprint.steps.get(Tasks.name)
-    if step is None:
-        raise ConfigurationError(f"Celery's consumer has no {Tasks.name} step to configure")
-    step.qos_global = lambda _consumer: False
-
-
 class KittyConsumer(Consumer):  # type: ignore[misc]
     """Celery's consumer, but a body it cannot decode is rejected (dead-lettered), not acked."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        never_global_qos(self)
         # Built while the worker starts, before it connects: refuse here, not mid-task.
         check_time_limit(self.app)
         self._max_bytes = get_settings().max_message_bytes

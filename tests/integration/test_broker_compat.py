@@ -62,16 +62,17 @@ def test_transient_non_exclusive_queues_are_refused(amqp_url: str):
             channel.queue_declare(f"transient-{uuid.uuid4().hex[:8]}", durable=False)
 
 
-def test_celery_workers_ask_for_per_consumer_prefetch_never_global(
+@pytest.mark.rabbitmq4
+def test_celery_workers_ask_rabbitmq4_for_per_consumer_prefetch_never_global(
     amqp_url: str, test_vhost: str, management_client: ManagementClient
 ):
     with CeleryWorker(amqp_url, [CAD_TASKS], include=[TEST_TASKS]):
         # When a worker consumes its queue
         def consumer_and_channel() -> tuple[dict[str, Any], dict[str, Any]] | None:
-            # The API lists a consumer before its channel's stats arrive: wait for both.
+            # The API lists a consumer before its channel's stats arrive: wait for both
+            # (until then its channel_details are an empty list).
             listed = management_client.get("consumers/" + management_client.quote(test_vhost))
             mine = [c for c in listed or [] if c["queue"]["name"] == CAD_TASKS]
-            # (until then its channel_details are an empty list)
             if len(mine) != 1 or not mine[0]["channel_details"]:
                 return None
             name = urllib.parse.quote(mine[0]["channel_details"]["name"], safe="")
@@ -81,7 +82,7 @@ def test_celery_workers_ask_for_per_consumer_prefetch_never_global(
                 return None
 
         consumer, channel = wait_for(consumer_and_channel, 30, what="the worker's consumer")
-    # Then its prefetch is the consumer's own (global QoS would show on the channel:
-    # RabbitMQ 4.3 denies it, and quorum queues never took it)
+    # Then its prefetch is the consumer's own (4.3 denies global QoS; Kombu 5.7 knows,
+    # tests/unit/test_worker_qos.py checks it)
     assert consumer["prefetch_count"] == 1
     assert not channel.get("global_prefetch_count")
