@@ -126,3 +126,12 @@ def declare_subscription(connection: Connection, topology: Topology, *, with_lad
         raise ConfigurationError(
             f"cannot declare {names}: {err} (a queue of that name exists with other arguments?)"
         ) from err
+    except connection.connection_errors as err:
+        # RabbitMQ 4.3 (and 4.0 configured so) closes the connection with 541 for these.
+        if "transient_nonexcl_queues" not in str(err):
+            raise
+        names = ", ".join(q.name for q in topology.queues if not q.durable)
+        raise ConfigurationError(
+            f"the broker refuses transient (non-durable, non-exclusive) queues, as RabbitMQ "
+            f"4.3 does by default: declare {names} durable"
+        ) from err

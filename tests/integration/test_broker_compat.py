@@ -11,6 +11,8 @@ import amqp
 import pytest
 from kombu import Connection
 
+from events import EventBus
+from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.management import ManagementClient, ManagementError
 from kitty_tasks.core.topology import CAD_TASKS
 from tests.helpers import CeleryWorker, wait_for
@@ -60,6 +62,14 @@ def test_transient_non_exclusive_queues_are_refused(amqp_url: str):
         channel = connection.channel()
         with pytest.raises(amqp.exceptions.InternalError, match="transient_nonexcl_queues"):
             channel.queue_declare(f"transient-{uuid.uuid4().hex[:8]}", durable=False)
+
+
+@pytest.mark.rabbitmq4
+def test_a_transient_event_queue_is_refused_with_the_reason(amqp_url: str):
+    # When a subscriber asks for a non-durable queue on a broker that denies them
+    refused = pytest.raises(ConfigurationError, match=r"refuses transient .* declare .* durable")
+    with EventBus(amqp_url, source="compat-test") as bus, refused:
+        bus.declare_queue(f"transient-{uuid.uuid4().hex[:8]}.events", durable=False)
 
 
 @pytest.mark.rabbitmq4
