@@ -7,7 +7,7 @@ from typing import Any
 from celery.schedules import crontab
 
 from kitty_tasks.core.settings import get_settings
-from kitty_tasks.core.topology import BRAIN_COMMANDS, TASKS_EXCHANGE
+from kitty_tasks.core.topology import BRAIN_COMMANDS, MAX_PRIORITY, TASKS_EXCHANGE, TOPOLOGY
 from kitty_tasks.runtime.backend import result_backend_setting
 from kitty_tasks.runtime.routing import TASK_ROUTES
 from kitty_tasks.runtime.routing import task_queues as _task_queues
@@ -51,7 +51,8 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 # One unacked message per process: a higher priority task that arrives later is
 # not stuck behind a prefetched low one (RabbitMQ orders only what it still holds).
 worker_prefetch_multiplier = _settings.prefetch_multiplier
-task_queue_max_priority = 10
+# The classic profile's queues carry x-max-priority already; a quorum queue refuses one.
+task_queue_max_priority = MAX_PRIORITY if TOPOLOGY.profile == "classic" else None
 task_default_priority = 0
 
 task_queues = _task_queues()

@@ -329,9 +329,15 @@ class PublisherPool:
             logger.debug("management API unavailable (%r); using the topology", err)
             for spec in TOPOLOGY.queues:
                 arguments = spec.arguments
-                if arguments.get("x-overflow") == "reject-publish" and any(
-                    b.exchange == EVENTS_EXCHANGE and topic_matches(b.routing_key, event_type)
-                    for b in spec.bindings
+                # Quorum queues reject-publish with no length limit, to dead-letter at least once.
+                limited = "x-max-length" in arguments
+                if (
+                    limited
+                    and arguments.get("x-overflow") == "reject-publish"
+                    and any(
+                        b.exchange == EVENTS_EXCHANGE and topic_matches(b.routing_key, event_type)
+                        for b in spec.bindings
+                    )
                 ):
                     found.append((spec.name, int(arguments["x-max-length"])))
         return sorted(set(found))

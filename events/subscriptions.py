@@ -23,8 +23,10 @@ from kitty_tasks.core.topology import (
     Binding,
     QueueSpec,
     Topology,
-    dead_letter_arguments,
+    TopologyProfile,
+    dead_letter_queue_arguments,
     dlq_name,
+    work_queue_arguments,
 )
 
 __all__ = [
@@ -97,7 +99,9 @@ def subscription_topology(queue: str, pattern: str | None, *, durable: bool = Tr
     try:
         known = TOPOLOGY.queue(queue)
     except KeyError:
-        spec = QueueSpec(queue, dead_letter_arguments(queue), extra, durable)
+        # Durable: the profile's queue type; a transient queue can only be classic.
+        profile = TOPOLOGY.profile if durable else TopologyProfile.CLASSIC
+        spec = QueueSpec(queue, work_queue_arguments(queue, profile), extra, durable)
     else:
         if known.is_stream:
             # A stream cannot reject, so neither retries nor dead letters could work on it,
@@ -112,7 +116,11 @@ def subscription_topology(queue: str, pattern: str | None, *, durable: bool = Tr
         spec = QueueSpec(
             known.name, known.arguments, (*known.bindings, *added), known.durable and durable
         )
-    dead_letters = QueueSpec(dlq_name(queue), {}, (Binding(DLX_EXCHANGE, queue),))
+    dead_letters = QueueSpec(
+        dlq_name(queue),
+        dead_letter_queue_arguments(TOPOLOGY.profile),
+        (Binding(DLX_EXCHANGE, queue),),
+    )
     return Topology((), (spec, dead_letters))
 
 
@@ -126,4 +134,13 @@ def declare_subscription(connection: Connection, topology: Topology, *, with_lad
         names = ", ".join(q.name for q in topology.queues)
         raise ConfigurationError(
             f"cannot declare {names}: {err} (a queue of that name exists with other arguments?)"
+        ) from err
+    except connection.connection_errors as err:
+        # RabbitMQ 4.3 (and 4.0 configured so) closes the connection with 541 for these.
+        if "transient_nonexcl_queues" not in str(err):
+            raise
+        names = ", ".join(q.name for q in topology.queues if not q.durable)
+        raise ConfigurationError(
+            f"the broker refuses transient (non-durable, non-exclusive) queues, as RabbitMQ "
+            f"4.3 does by default: declare {names} durable"
         ) from err

@@ -10,9 +10,9 @@ from kombu import Connection
 
 from kitty_tasks.core.errors import TopologyError
 from kitty_tasks.core.management import ManagementClient
-from kitty_tasks.core.topology import TOPOLOGY, Topology
+from kitty_tasks.core.topology import MIN_BROKER_VERSION, TOPOLOGY, Topology
 
-__all__ = ["Difference", "apply_topology", "compare_topology"]
+__all__ = ["Difference", "apply_topology", "broker_version", "compare_topology"]
 
 #: Arguments the broker adds or normalises on its own; not part of our contract.
 _IGNORED_ARGUMENTS = frozenset({"x-queue-type"})
@@ -33,14 +33,47 @@ class Difference:
         )
 
 
+def broker_version(connection: Connection) -> tuple[int, ...] | None:
+    """RabbitMQ's version from the connection's server properties; None for other brokers."""
+    properties = getattr(connection.connection, "server_properties", None) or {}
+    product, version = properties.get("product"), properties.get("version")
+    if isinstance(product, bytes):
+        product = product.decode()
+    if isinstance(version, bytes):
+        version = version.decode()
+    if product != "RabbitMQ" or not isinstance(version, str):
+        return None
+    numbers = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers) or None
+
+
+def check_broker(connection: Connection, topology: Topology) -> None:
+    """Raise ``TopologyError`` when the broker is older than ``topology``'s profile needs."""
+    version = broker_version(connection)
+    needed = MIN_BROKER_VERSION[topology.profile]
+    if version is not None and version[:2] < needed:
+        have = ".".join(map(str, version))
+        raise TopologyError(
+            f"the {topology.profile.value} topology profile needs RabbitMQ "
+            f"{'.'.join(map(str, needed))} or later (quorum queues with priorities); "
+            f"this broker is {have}: set KITTY_TOPOLOGY_PROFILE=classic, or upgrade"
+        )
+
+
 def apply_topology(connection: Connection, topology: Topology = TOPOLOGY) -> None:
     """Declare every exchange, queue and binding of ``topology``; idempotent.
 
     Raises ``TopologyError`` naming the queue when one exists with other arguments or
     of another type (a classic ``audit.events`` from before it became a stream).
+    Also raises it, before declaring anything, on a broker too old for the profile.
     """
     channel = connection.channel()
     try:
+        check_broker(connection, topology)
         for ex in topology.exchanges:
             channel.exchange_declare(
                 ex.name, ex.type, durable=ex.durable, auto_delete=False, arguments=ex.arguments

@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["DEFAULT_RABBITMQ_URL", "DEFAULT_RESULT_BACKEND", "Settings", "get_settings"]
+from kitty_tasks.core.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_RABBITMQ_URL",
+    "DEFAULT_RESULT_BACKEND",
+    "Settings",
+    "TopologyProfile",
+    "get_settings",
+    "topology_profile",
+]
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672//"
 #: An SQLite file in the working directory, read and written by every process there.
 DEFAULT_RESULT_BACKEND = "db+sqlite:///.kitty-results.sqlite3"
+_CONFIG = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+
+class TopologyProfile(str, Enum):
+    """Which queue types the topology uses: classic (any broker) or quorum (RabbitMQ 4.0+)."""
+
+    CLASSIC = "classic"
+    QUORUM = "quorum"
 
 
 class Settings(BaseSettings):
     """Every environment variable the platform reads; the README's table lists them."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    model_config = _CONFIG
 
     rabbitmq_url: str = Field(DEFAULT_RABBITMQ_URL, alias="RABBITMQ_URL")
     result_backend: str = Field(DEFAULT_RESULT_BACKEND, alias="KITTY_RESULT_BACKEND")
@@ -39,6 +57,30 @@ class Settings(BaseSettings):
     #: Longest a finished task waits for its lifecycle event's confirm before it is acked anyway.
     task_events_timeout: float = Field(5.0, gt=0, alias="KITTY_TASK_EVENTS_TIMEOUT")
     idempotency_db: str = Field(".kitty-idempotency.sqlite3", alias="KITTY_IDEMPOTENCY_DB")
+    topology_profile: TopologyProfile = Field(
+        TopologyProfile.CLASSIC, alias="KITTY_TOPOLOGY_PROFILE"
+    )
+
+
+class _ProfileOnly(BaseSettings):
+    """The profile alone: the topology is built at import, before other settings matter."""
+
+    model_config = _CONFIG
+    topology_profile: TopologyProfile = Field(
+        TopologyProfile.CLASSIC, alias="KITTY_TOPOLOGY_PROFILE"
+    )
+
+
+def topology_profile() -> TopologyProfile:
+    """KITTY_TOPOLOGY_PROFILE from the environment (or .env); a clear error when invalid."""
+    try:
+        return _ProfileOnly().topology_profile
+    except ValidationError as err:
+        choices = ", ".join(p.value for p in TopologyProfile)
+        given = err.errors()[0].get("input")
+        raise ConfigurationError(
+            f"KITTY_TOPOLOGY_PROFILE must be one of {choices}, not {given!r}"
+        ) from err
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from kitty_tasks.core.settings import TopologyProfile, topology_profile
+
 __all__ = [
     "AUDIT_EVENTS",
     "BROKER_DEATH_HEADERS",
@@ -26,8 +28,10 @@ __all__ = [
     "QueueSpec",
     "QueueType",
     "Topology",
+    "TopologyProfile",
     "build_topology",
     "dead_letter_arguments",
+    "dead_letter_queue_arguments",
     "delay_exchange_name",
     "dlq_name",
     "pick_bucket",
@@ -66,6 +70,13 @@ AUDIT_SEGMENT_BYTES = 64 * 1024**2
 
 #: Highest task priority; RabbitMQ delivers higher numbers first.
 MAX_PRIORITY = 10
+#: RabbitMQ 4.0's quorum queues have two priority levels: above this is high, the rest normal.
+QUORUM_NORMAL_PRIORITY_MAX = 4
+#: Deliveries of one message (requeues, lost workers) before a quorum queue dead-letters it;
+#: explicit, as 4.0's default (20) would let a poison task kill twenty workers.
+DELIVERY_LIMIT = 5
+#: The oldest broker each profile runs on (quorum: priorities and the 4.0 delivery limit).
+MIN_BROKER_VERSION = {TopologyProfile.CLASSIC: (3, 10), TopologyProfile.QUORUM: (4, 0)}
 
 #: Retry-ladder buckets in seconds: a retry waits in the first bucket >= its delay.
 DEFAULT_RETRY_BUCKETS: tuple[int, ...] = (1, 5, 30, 120, 300, 1800, 7200)
@@ -160,6 +171,7 @@ class Topology:
 
     exchanges: tuple[ExchangeSpec, ...]
     queues: tuple[QueueSpec, ...]
+    profile: TopologyProfile = TopologyProfile.CLASSIC
 
     def queue(self, name: str) -> QueueSpec:
         """Return the queue called ``name``, or raise ``KeyError``."""
@@ -190,6 +202,41 @@ def dlq_name(queue: str) -> str:
 def dead_letter_arguments(queue: str) -> dict[str, Any]:
     """Arguments that send ``queue``'s dead letters to ``dlx`` and so into its DLQ."""
     return {"x-dead-letter-exchange": DLX_EXCHANGE, "x-dead-letter-routing-key": queue}
+
+
+def quorum_arguments(*, dead_letters: bool) -> dict[str, Any]:
+    """Arguments of a quorum queue; one that dead-letters does so at least once.
+
+    RabbitMQ only dead-letters at least once with ``reject-publish`` overflow: with
+    ``drop-head`` it silently falls back to at most once.
+    """
+    arguments: dict[str, Any] = {"x-queue-type": QueueType.QUORUM.value}
+    if dead_letters:
+        arguments |= {
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return arguments
+
+
+def work_queue_arguments(
+    queue: str, profile: TopologyProfile = TopologyProfile.CLASSIC
+) -> dict[str, Any]:
+    """Arguments of a queue that dead-letters into ``<queue>.dlq``, in ``profile``."""
+    arguments = dead_letter_arguments(queue)
+    if profile is TopologyProfile.QUORUM:
+        arguments |= quorum_arguments(dead_letters=True)
+    return arguments
+
+
+def dead_letter_queue_arguments(
+    profile: TopologyProfile = TopologyProfile.CLASSIC,
+) -> dict[str, Any]:
+    """Arguments of a DLQ (which dead-letters nowhere), in ``profile``."""
+    if profile is TopologyProfile.QUORUM:
+        return quorum_arguments(dead_letters=False)
+    return {}
 
 
 def bucket_label(seconds: int) -> str:
@@ -223,17 +270,20 @@ def subscriber_queue_name(source: str, pattern: str) -> str:
     return SUBSCRIBER_QUEUE_TEMPLATE.format(source=source, pattern=readable)
 
 
-def _task_queue(name: str, max_length: int | None) -> QueueSpec:
-    arguments: dict[str, Any] = {"x-max-priority": MAX_PRIORITY, **dead_letter_arguments(name)}
+def _task_queue(name: str, max_length: int | None, profile: TopologyProfile) -> QueueSpec:
+    arguments = work_queue_arguments(name, profile)
+    if profile is TopologyProfile.CLASSIC:
+        # Quorum queues take no x-max-priority: 4.0 gives them two levels unasked.
+        arguments["x-max-priority"] = MAX_PRIORITY
     if max_length is not None:
         arguments |= {"x-max-length": max_length, "x-overflow": "reject-publish"}
     return QueueSpec(name, arguments, (Binding(TASKS_EXCHANGE, name),))
 
 
 def _event_queue(
-    name: str, pattern: str, extra: dict[str, Any], queue_type: QueueType
+    name: str, pattern: str, extra: dict[str, Any], queue_type: QueueType, profile: TopologyProfile
 ) -> QueueSpec:
-    arguments = {**extra, **dead_letter_arguments(name)}
+    arguments = {**extra, **work_queue_arguments(name, profile)}
     if queue_type is QueueType.QUORUM:
         arguments["x-queue-type"] = QueueType.QUORUM.value
     return QueueSpec(name, arguments, (Binding(EVENTS_EXCHANGE, pattern),))
@@ -253,12 +303,16 @@ def build_topology(
     *,
     buckets: Iterable[int] = DEFAULT_RETRY_BUCKETS,
     event_queue_type: QueueType = QueueType.CLASSIC,
+    profile: TopologyProfile = TopologyProfile.CLASSIC,
 ) -> Topology:
-    """Build the platform's topology; ``event_queue_type`` makes event queues quorum.
+    """Build the platform's topology in ``profile``.
 
+    ``quorum`` makes every queue a quorum queue (RabbitMQ 4.0+); ``event_queue_type``
+    makes only the event queues quorum in the classic profile (3.x clusters).
     The audit log is a stream in every profile: streams replicate across a cluster too.
     """
     bucket_list = sorted(set(buckets))
+    dlq_arguments = dead_letter_queue_arguments(profile)
     exchanges = [
         ExchangeSpec(EVENTS_EXCHANGE, "topic"),
         ExchangeSpec(TASKS_EXCHANGE, "direct"),
@@ -268,20 +322,23 @@ def build_topology(
         *(ExchangeSpec(delay_exchange_name(s), "fanout") for s in bucket_list),
     ]
     work_queues = [
-        _task_queue(RESEARCH_TASKS, 10_000),
-        _task_queue(CAD_TASKS, 5_000),
-        _task_queue(BRAIN_COMMANDS, None),
+        _task_queue(RESEARCH_TASKS, 10_000, profile),
+        _task_queue(CAD_TASKS, 5_000, profile),
+        _task_queue(BRAIN_COMMANDS, None, profile),
         _event_queue(
             FABRICATION_EVENTS,
             "fabrication.#",
             {"x-max-length": 100_000, "x-overflow": "reject-publish"},
             event_queue_type,
+            profile,
         ),
-        _event_queue(NOTIFICATIONS, "notification.#", {"x-max-length": 50_000}, event_queue_type),
+        _event_queue(
+            NOTIFICATIONS, "notification.#", {"x-max-length": 50_000}, event_queue_type, profile
+        ),
         _audit_stream(),
     ]
     dead_letter_queues = [
-        QueueSpec(dlq_name(q.name), {}, (Binding(DLX_EXCHANGE, q.name),))
+        QueueSpec(dlq_name(q.name), dlq_arguments, (Binding(DLX_EXCHANGE, q.name),))
         for q in work_queues
         if not q.is_stream
     ]
@@ -290,7 +347,7 @@ def build_topology(
             delay_exchange_name(s),
             # Dead-lettering to the default exchange keeps the routing key, which is
             # the name of the queue the message came from: it goes straight back there.
-            {"x-message-ttl": s * 1000, "x-dead-letter-exchange": ""},
+            {"x-message-ttl": s * 1000, "x-dead-letter-exchange": "", **_delay_arguments(profile)},
             (Binding(delay_exchange_name(s), ""),),
         )
         for s in bucket_list
@@ -298,14 +355,24 @@ def build_topology(
     queues = [
         *work_queues,
         *dead_letter_queues,
-        QueueSpec(DLX_QUEUE, {}, (Binding(DLX_UNROUTED_EXCHANGE, ""),)),
+        QueueSpec(DLX_QUEUE, dlq_arguments, (Binding(DLX_UNROUTED_EXCHANGE, ""),)),
         *delay_queues,
     ]
-    return Topology(tuple(exchanges), tuple(queues))
+    return Topology(tuple(exchanges), tuple(queues), profile)
 
 
-#: The topology every part of the platform uses unless told otherwise.
-TOPOLOGY = build_topology()
+def _delay_arguments(profile: TopologyProfile) -> dict[str, Any]:
+    if profile is TopologyProfile.CLASSIC:
+        return {}
+    # A retry leaves its bucket by dead-lettering: at least once, or it could be lost there.
+    arguments = quorum_arguments(dead_letters=True)
+    # Nothing consumes a bucket, so nothing is ever redelivered from it.
+    del arguments["x-delivery-limit"]
+    return arguments
+
+
+#: The topology every part of the platform uses: KITTY_TOPOLOGY_PROFILE's.
+TOPOLOGY = build_topology(profile=topology_profile())
 
 
 def to_definitions(topology: Topology = TOPOLOGY, vhost: str = "/") -> dict[str, Any]:

@@ -10,8 +10,8 @@ from kombu import Connection
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.declarer import apply_topology, compare_topology
 from kitty_tasks.core.management import ManagementError
-from kitty_tasks.core.settings import get_settings
-from kitty_tasks.core.topology import TOPOLOGY, QueueType, build_topology, definitions_json
+from kitty_tasks.core.settings import TopologyProfile, get_settings
+from kitty_tasks.core.topology import QueueType, build_topology, definitions_json
 from kitty_tasks.ops.cli_access import access
 from kitty_tasks.ops.cli_dlq import dlq
 from kitty_tasks.ops.cli_format import management_client, report_differences
@@ -22,7 +22,20 @@ from kitty_tasks.ops.cli_wire import events, rpc
 
 __all__ = ["main"]
 
-DEFINITIONS_PATH = Path("compose/rabbitmq/definitions.json")
+#: Where each profile's definitions file is committed (and what compose mounts).
+DEFINITIONS_PATHS = {
+    TopologyProfile.CLASSIC: Path("compose/rabbitmq/definitions.json"),
+    TopologyProfile.QUORUM: Path("compose/rabbitmq/definitions.quorum.json"),
+}
+
+profile_option = click.option(
+    "--profile",
+    type=click.Choice([p.value for p in TopologyProfile]),
+    envvar="KITTY_TOPOLOGY_PROFILE",
+    default=TopologyProfile.CLASSIC.value,
+    show_default=True,
+    help="Topology profile (env KITTY_TOPOLOGY_PROFILE); quorum needs RabbitMQ 4.0+.",
+)
 
 
 @click.group()
@@ -59,21 +72,23 @@ def topology() -> None:
 
 
 @topology.command("apply")
+@profile_option
 @click.pass_context
-def topology_apply(ctx: click.Context) -> None:
+def topology_apply(ctx: click.Context, profile: str) -> None:
     """Declare every exchange, queue and binding (idempotent)."""
     url = ctx.obj["url"]
+    chosen = build_topology(profile=TopologyProfile(profile))
     try:
         with Connection(url, connect_timeout=5) as connection:
             connection.ensure_connection(max_retries=3)
-            apply_topology(connection, TOPOLOGY)
+            apply_topology(connection, chosen)
     except Exception as err:
         raise click.ClickException(
             f"cannot apply the topology on {vhost_of(url)!r}: {err}"
         ) from err
     click.echo(
-        f"applied {len(TOPOLOGY.exchanges)} exchanges and {len(TOPOLOGY.queues)} queues "
-        f"to vhost {vhost_of(url)!r}"
+        f"applied {len(chosen.exchanges)} exchanges and {len(chosen.queues)} queues "
+        f"({profile} profile) to vhost {vhost_of(url)!r}"
     )
 
 
@@ -82,20 +97,26 @@ def topology_apply(ctx: click.Context) -> None:
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFINITIONS_PATH,
-    show_default=True,
-    help="File to write; '-' for stdout.",
+    default=None,
+    help="File to write; '-' for stdout. Default: the profile's file under compose/rabbitmq/.",
 )
+@profile_option
 @click.option(
     "--queue-type",
     type=click.Choice([t.value for t in QueueType]),
     default=QueueType.CLASSIC.value,
     show_default=True,
-    help="Type of the event and audit queues (quorum for a cluster).",
+    help="Classic profile only: type of the event and audit queues (quorum for a 3.x cluster).",
 )
-def topology_export(output: Path, queue_type: str) -> None:
+def topology_export(output: Path | None, profile: str, queue_type: str) -> None:
     """Write the topology as RabbitMQ definitions (for the broker's load_definitions)."""
-    text = definitions_json(build_topology(event_queue_type=QueueType(queue_type)))
+    chosen = TopologyProfile(profile)
+    if chosen is TopologyProfile.QUORUM and queue_type != QueueType.CLASSIC.value:
+        raise click.UsageError(
+            "--queue-type is for the classic profile; quorum has every queue quorum"
+        )
+    output = output or DEFINITIONS_PATHS[chosen]
+    text = definitions_json(build_topology(event_queue_type=QueueType(queue_type), profile=chosen))
     if str(output) == "-":
         click.echo(text, nl=False)
         return
@@ -107,12 +128,14 @@ def topology_export(output: Path, queue_type: str) -> None:
 @topology.command("verify")
 @click.option("--vhost", default=None, help="Vhost to check (default: the URL's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@profile_option
 @click.pass_context
-def topology_verify(ctx: click.Context, vhost: str | None, as_json: bool) -> None:
+def topology_verify(ctx: click.Context, vhost: str | None, as_json: bool, profile: str) -> None:
     """Compare the live broker with the code; exit 1 and list the differences if any."""
     vhost = vhost or vhost_of(ctx.obj["url"])
+    chosen = build_topology(profile=TopologyProfile(profile))
     try:
-        differences = compare_topology(management_client(ctx), vhost, TOPOLOGY)
+        differences = compare_topology(management_client(ctx), vhost, chosen)
     except ManagementError as err:
         raise click.ClickException(str(err)) from err
     report_differences(

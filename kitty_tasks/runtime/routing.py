@@ -9,7 +9,6 @@ from kombu import Exchange, Queue
 from kitty_tasks.core.topology import (
     BRAIN_COMMANDS,
     CAD_TASKS,
-    MAX_PRIORITY,
     RESEARCH_TASKS,
     TASK_QUEUES,
     TASKS_EXCHANGE,
@@ -40,7 +39,8 @@ def task_queues(topology: Topology = TOPOLOGY) -> tuple[Queue, ...]:
                 routing_key=name,
                 durable=True,
                 queue_arguments=dict(spec.arguments),
-                max_priority=spec.arguments.get("x-max-priority", MAX_PRIORITY),
+                # None for a quorum queue: Kombu would add an x-max-priority it refuses.
+                max_priority=spec.arguments.get("x-max-priority"),
             )
         )
     return tuple(queues)

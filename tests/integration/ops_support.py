@@ -15,20 +15,21 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kitty_tasks.core.declarer import apply_topology
 from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.topology import TOPOLOGY, Topology
 from kitty_tasks.ops.cli import main
 from tests.conftest import BASE_URL, MANAGEMENT_URL, url_for_vhost
 
 
 @contextmanager
-def own_vhost(client: ManagementClient) -> Iterator[str]:
-    """A fresh vhost with the topology applied, for one test; yields its AMQP URL."""
+def own_vhost(client: ManagementClient, topology: Topology = TOPOLOGY) -> Iterator[str]:
+    """A fresh vhost with ``topology`` applied, for one test; yields its AMQP URL."""
     vhost = f"kitty-ops-{uuid.uuid4().hex[:8]}"
     user = urllib.parse.unquote(urllib.parse.urlsplit(BASE_URL).username or "guest")
     client.create_vhost(vhost, user)
     url = url_for_vhost(vhost)
     try:
         with Connection(url) as connection:
-            apply_topology(connection)
+            apply_topology(connection, topology)
         yield url
     finally:
         client.delete_vhost(vhost)

@@ -14,7 +14,7 @@ from kombu import Connection
 from kitty_tasks.core.declarer import apply_topology
 from kitty_tasks.core.topology import TOPOLOGY, Topology
 from tests.reliability.helpers import WorkerProcess
-from tests.reliability.node import RabbitNode, free_port, rabbitmq_available
+from tests.reliability.node import ChrootNode, RabbitNode, free_port, rabbitmq_available
 
 #: Every node name of this run starts with this, so leftovers are easy to spot.
 NODE_PREFIX = f"kittyrel-{os.getpid()}"
@@ -32,12 +32,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class NodeFactory:
     """Makes nodes under one tmp dir and stops every one of them at teardown."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, node_class: type[RabbitNode] = RabbitNode) -> None:
         self.base = base
+        self.node_class = node_class
         self.nodes: list[RabbitNode] = []
 
     def __call__(self, label: str, **kwargs: object) -> RabbitNode:
-        node = RabbitNode(
+        node = self.node_class(
             base=self.base / label,
             name=f"{NODE_PREFIX}-{label}-{uuid.uuid4().hex[:4]}@localhost",
             **kwargs,  # type: ignore[arg-type]
@@ -57,6 +58,14 @@ def _require_rabbitmq() -> None:
         if os.environ.get("CI"):
             pytest.fail("rabbitmq-server is not installed and CI is set")
         pytest.skip("rabbitmq-server is not installed")
+
+
+def _require_chroot() -> None:
+    if not ChrootNode.available():
+        reason = "the RabbitMQ 4.x chroot is not mounted: run scripts/rabbitmq4.sh start"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,9 @@ from typing import TypeVar
 from kombu import Connection
 
 __all__ = [
+    "RABBITMQ4_ROOT",
     "RABBITMQ_BIN",
+    "ChrootNode",
     "NodeError",
     "RabbitNode",
     "free_port",
@@ -30,6 +32,13 @@ __all__ = [
 #: The real scripts, not /usr/sbin's wrappers: those `su` to the rabbitmq user and
 #: would use the shared broker's cookie and HOME.
 RABBITMQ_BIN = Path(os.environ.get("KITTY_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
+#: The RabbitMQ 4.x chroot of scripts/rabbitmq4.sh (its /proc and /dev mounted while it runs).
+RABBITMQ4_ROOT = (
+    Path(os.environ.get("KITTY_RABBITMQ4_CACHE", "/var/cache/kitty-rabbitmq4")) / "rootfs"
+)
+#: The chroot's nodes register with an epmd of their own: not the machine's (4369), nor the
+#: script's node's (4370).
+RABBITMQ4_EPMD_PORT = "4371"
 #: Seconds a node gets to boot (2 cores, several nodes in a run).
 START_TIMEOUT = 90.0
 
@@ -141,6 +150,10 @@ class RabbitNode:
         }
         return env
 
+    def command(self, tool: str) -> list[str]:
+        """How to run one of RabbitMQ's scripts (the server, rabbitmqctl, ...) for this node."""
+        return [str(RABBITMQ_BIN / tool)]
+
     def write_files(self) -> None:
         """Write config, plugins file and the cookie (the cookie only once)."""
         self.base.mkdir(parents=True, exist_ok=True)
@@ -179,7 +192,7 @@ class RabbitNode:
         self.write_files()
         out = (self.base / "log" / "stdout.log").open("ab")
         self.process = subprocess.Popen(
-            [str(RABBITMQ_BIN / "rabbitmq-server")],
+            self.command("rabbitmq-server"),
             env=self.env(),
             cwd=self.base,
             stdin=subprocess.DEVNULL,
@@ -263,7 +276,7 @@ class RabbitNode:
 
     def ctl(self, *args: str, timeout: float = 60.0, tool: str = "rabbitmqctl") -> str:
         """Run ``rabbitmqctl -n <node> args``; return stdout, raise ``NodeError`` on failure."""
-        command = [str(RABBITMQ_BIN / tool), "-n", self.name, *args]
+        command = [*self.command(tool), "-n", self.name, *args]
         try:
             done = subprocess.run(
                 command,
@@ -306,3 +319,37 @@ class RabbitNode:
             text = path.read_text(errors="replace").splitlines()[-lines:]
             chunks.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(chunks)
+
+
+@dataclass
+class ChrootNode(RabbitNode):
+    """A node of the RabbitMQ 4.x in ``RABBITMQ4_ROOT``; ``base`` must lie inside that root."""
+
+    @staticmethod
+    def available() -> bool:
+        """True when the chroot is built and mounted (``scripts/rabbitmq4.sh start``)."""
+        return os.path.ismount(RABBITMQ4_ROOT / "proc") and os.path.ismount(RABBITMQ4_ROOT / "dev")
+
+    def env(self) -> dict[str, str]:
+        """The node's environment, its paths as seen from inside the chroot."""
+        outside = str(RABBITMQ4_ROOT)
+        env = {k: v.replace(outside, "") for k, v in super().env().items()}
+        return env | {"ERL_EPMD_PORT": RABBITMQ4_EPMD_PORT, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def command(self, tool: str) -> list[str]:
+        """The chroot's script: chroot(8) keeps the environment ``env()`` gives it."""
+        return ["chroot", str(RABBITMQ4_ROOT), f"/usr/lib/rabbitmq/bin/{tool}"]
+
+    def shutdown_epmd(self) -> None:
+        """Stop the chroot's epmd of the reliability nodes once no node is registered there."""
+
+        def stopped() -> bool:
+            done = subprocess.run(
+                ["chroot", str(RABBITMQ4_ROOT), "epmd", "-kill"],
+                env=self.env(), capture_output=True, timeout=30, check=False,
+            )  # fmt: skip
+            # "epmd: Cannot connect to local epmd": it is gone.
+            return b"Cannot connect" in done.stdout + done.stderr
+
+        with contextlib.suppress(TimeoutError, subprocess.SubprocessError, OSError):
+            wait_for(stopped, timeout=30, interval=0.5, what="the chroot nodes' epmd gone")

@@ -12,7 +12,7 @@ from kombu import Connection
 
 from events import Event, EventBus
 from kitty_tasks.core.declarer import apply_topology
-from kitty_tasks.core.topology import FABRICATION_EVENTS, QueueType, build_topology
+from kitty_tasks.core.topology import FABRICATION_EVENTS, QueueType, Topology, build_topology
 from tests.reliability.conftest import NodeFactory
 from tests.reliability.helpers import Ledger
 from tests.reliability.node import RabbitNode, wait_for
@@ -23,8 +23,13 @@ BATCH = 20
 PUBLISH_TIMEOUT = 3.0
 
 
-def make_cluster(factory: NodeFactory, size: int, label: str) -> list[RabbitNode]:
-    """Start ``size`` nodes sharing one cookie and join them to the first; apply the topology."""
+def make_cluster(
+    factory: NodeFactory,
+    size: int,
+    label: str,
+    topology: Topology = build_topology(event_queue_type=QueueType.QUORUM),  # noqa: B008
+) -> list[RabbitNode]:
+    """Start ``size`` nodes sharing one cookie and join them to the first; apply ``topology``."""
     first = factory(f"{label}-a").start()
     nodes = [first]
     for letter in "bcdefg"[: size - 1]:
@@ -46,7 +51,7 @@ def make_cluster(factory: NodeFactory, size: int, label: str) -> list[RabbitNode
         what="cluster formed",
     )
     with Connection(first.url()) as conn:
-        apply_topology(conn, build_topology(event_queue_type=QueueType.QUORUM))
+        apply_topology(conn, topology)
 
     def replicated() -> bool:
         rows = first.ctl("list_queues", "name", "type", "members", "--no-table-headers")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from kitty_tasks.core.access import ACCESS, password_variable
 from kitty_tasks.core.access import service as access_entry
 from kitty_tasks.core.settings import Settings
-from kitty_tasks.core.topology import EVENT_QUEUES, TASK_QUEUES
+from kitty_tasks.core.topology import AUDIT_EVENTS, EVENT_QUEUES, TASK_QUEUES
 from tests.compose_support import (
     ALERTS,
     COMPOSE_DIR,
@@ -27,6 +28,8 @@ from tests.compose_support import (
     project_metric_names,
 )
 
+#: A current RabbitMQ 4.x image with the management plugin (the quorum profile needs 4.0+).
+RABBITMQ_IMAGE = r"rabbitmq:4\.([1-9]|[1-9][0-9])-management"
 SECRET = re.compile(r"PASSWORD|PASS$|COOKIE|AUTH|SECRET|TOKEN")
 APP_SERVICES = ("research-worker", "cad-worker", "brain-worker", "flower", "exporter")
 #: The broker user each compose service logs in as (an account of the access table).
@@ -130,7 +133,7 @@ def test_env_example_documents_only_used_variables_and_leaves_secrets_empty() ->
 
 def test_single_node_broker_setup() -> None:
     rabbitmq = services(COMPOSE_DIR / "docker-compose.yml")["rabbitmq"]
-    assert re.fullmatch(r"rabbitmq:3\.(1[3-9])-management", rabbitmq["image"]), rabbitmq["image"]
+    assert re.fullmatch(RABBITMQ_IMAGE, rabbitmq["image"]), rabbitmq["image"]
     assert rabbitmq["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
     assert mounted_source(rabbitmq, "/etc/rabbitmq/rabbitmq.conf") == "./rabbitmq/rabbitmq.conf"
     assert mounted_source(rabbitmq, "/etc/rabbitmq/kitty/definitions.json") == (
@@ -234,12 +237,18 @@ def test_cluster_has_three_nodes_sharing_a_required_cookie() -> None:
         assert env["RABBITMQ_ERLANG_COOKIE"].startswith("${RABBITMQ_ERLANG_COOKIE:?"), name
         assert env["RABBITMQ_NODENAME"] == f"rabbit@{node['hostname']}"
         assert f"= {env['RABBITMQ_NODENAME']}" in conf, f"{name} is not a peer in cluster.conf"
+        # The quorum profile needs RabbitMQ 4.x: every node runs a current 4.x image.
+        assert re.fullmatch(RABBITMQ_IMAGE, node["image"]), node["image"]
         definitions = mounted_source(node, "/etc/rabbitmq/kitty/definitions.json")
-        assert definitions == "./rabbitmq/definitions.cluster.json"
+        assert definitions == "./rabbitmq/definitions.quorum.json"
     assert "peer_discovery_backend = classic_config" in conf
-    # The cluster definitions really make the event queues quorum (see test_definitions).
-    text = (COMPOSE_DIR / "rabbitmq/definitions.cluster.json").read_text()
-    assert text.count('"x-queue-type": "quorum"') == len(EVENT_QUEUES)
+    # The cluster definitions are the quorum profile's (see test_definitions): quorum
+    # queues, and the audit log a stream.
+    queues = json.loads((COMPOSE_DIR / "rabbitmq/definitions.quorum.json").read_text())["queues"]
+    types = {q["name"]: q["arguments"].get("x-queue-type") for q in queues}
+    assert types.pop(AUDIT_EVENTS) == "stream"
+    assert set(types.values()) == {"quorum"}
+    assert {*EVENT_QUEUES, *TASK_QUEUES} <= {q["name"] for q in queues}
 
 
 def test_prometheus_loads_the_mounted_rules_and_scrapes_every_part() -> None:
