@@ -15,6 +15,7 @@ from kitty_tasks.core.management import ManagementError
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import TOPOLOGY, QueueType, build_topology, definitions_json
 from kitty_tasks.ops.cli_access import access
+from kitty_tasks.ops.cli_console import console
 from kitty_tasks.ops.cli_dlq import dlq
 from kitty_tasks.ops.cli_format import management_client
 from kitty_tasks.ops.cli_ops import health, metrics
@@ -52,6 +53,7 @@ main.add_command(metrics)
 main.add_command(events)
 main.add_command(rpc)
 main.add_command(access)
+main.add_command(console)
 events.add_command(replay)
 
 

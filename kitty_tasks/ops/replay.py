@@ -23,6 +23,7 @@ __all__ = [
     "list_dlqs",
     "oldest_age",
     "peek",
+    "peek_message",
     "purge",
     "replay",
 ]
@@ -31,6 +32,8 @@ __all__ = [
 REPLAY_BATCH = 50
 
 Progress = Callable[[int], None]
+#: Picks dead letters beyond the glob patterns (the console's group or single message).
+Selector = Callable[[DeadLetter], bool]
 
 
 class ReplayError(KittyError):
@@ -106,6 +109,31 @@ def peek(connection: Connection, queue: str, *, limit: int | None = None) -> lis
     return letters
 
 
+def peek_message(
+    connection: Connection, queue: str, position: int
+) -> tuple[DeadLetter, amqp.Message] | None:
+    """The message at ``position`` of ``queue``, decoded and raw; None past the end.
+
+    Like ``peek``: nothing is acked, so closing the channel puts every message back in order.
+    """
+    if position < 0:
+        raise ValueError(f"a position counts from 0, got {position}")
+    channel = connection.connection.channel()
+    try:
+        for index in range(position + 1):
+            message = channel.basic_get(queue, no_ack=False)
+            if message is None:
+                return None
+            if index == position:
+                properties = _properties(message)
+                return decode_dead_letter(
+                    message.body, properties, dlq=queue, position=position
+                ), message
+    finally:
+        channel.close()
+    return None
+
+
 def oldest_age(connection: Connection, queue: str, now: float | None = None) -> float | None:
     """Age in seconds of the head (oldest) message of ``queue``; None when empty or unknown."""
     head = peek(connection, queue, limit=1)
@@ -176,6 +204,7 @@ def replay(
     dry_run: bool = False,
     rate: float | None = None,
     progress: Progress | None = None,
+    select: Selector | None = None,
 ) -> ReplayReport:
     """Move the dead letters of ``queue`` that match ``patterns`` back to their own queue.
 
@@ -186,7 +215,8 @@ def replay(
     fanned out to every subscriber again), confirmed by the broker, and only
     then acked out of the DLQ: a crash part-way leaves every unconfirmed
     message in the DLQ. Messages that do not match stay unacked until the end
-    and then go back to their original positions.
+    and then go back to their original positions. ``select``, when given, must also
+    accept a message for it to move (a group or one message of the console).
     """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
@@ -232,7 +262,7 @@ def replay(
             report.examined += 1
             if progress is not None:
                 progress(1)
-            if not matches(letter, patterns):
+            if not matches(letter, patterns) or (select is not None and not select(letter)):
                 report.left.append((letter, "does not match the filter"))
                 continue
             why = refusal(letter, target, queue)
