@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -81,12 +82,17 @@ class ConsoleConfig:
         return ManagementClient.from_urls(self.management_url, self.url)
 
 
-def _ping_workers(config: ConsoleConfig) -> list[str]:
-    # Celery is imported only here: the rest of the console does not need the app.
-    from kitty_tasks.runtime.application import app  # noqa: PLC0415
+@functools.lru_cache(maxsize=4)
+def _control_app(url: str) -> Any:
+    # A bare app on the console's own broker URL: the platform's app answers pings only on
+    # the URL it was configured with (RABBITMQ_URL), even when handed another connection.
+    from celery import Celery  # noqa: PLC0415 - only the overview asks the workers
 
-    with app.connection_for_write(config.url) as connection:
-        replies = app.control.ping(timeout=PING_TIMEOUT, connection=connection) or []
+    return Celery("kitty-console", broker=url, set_as_current=False)
+
+
+def _ping_workers(config: ConsoleConfig) -> list[str]:
+    replies = _control_app(config.url).control.ping(timeout=PING_TIMEOUT) or []
     return sorted(name for reply in replies for name in reply)
 
 
