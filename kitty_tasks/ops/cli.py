@@ -26,6 +26,7 @@ from kitty_tasks.ops.cli_wire import events, rpc
 __all__ = ["main"]
 
 DEFINITIONS_PATH = Path("compose/rabbitmq/definitions.json")
+PICTURE_PATH = Path("docs/topology.svg")
 
 
 @click.group()
@@ -100,6 +101,28 @@ def topology_apply(ctx: click.Context) -> None:
 def topology_export(output: Path, queue_type: str) -> None:
     """Write the topology as RabbitMQ definitions (for the broker's load_definitions)."""
     text = definitions_json(build_topology(event_queue_type=QueueType(queue_type)))
+    if str(output) == "-":
+        click.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    click.echo(f"wrote {output}")
+
+
+@topology.command("picture")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=PICTURE_PATH,
+    show_default=True,
+    help="File to write; '-' for stdout.",
+)
+def topology_picture(output: Path) -> None:
+    """Draw the topology as an SVG: exchanges, queues, bindings, the retry ladder, the DLQs."""
+    from kitty_tasks.ops.console.picture import topology_svg  # noqa: PLC0415
+
+    text = topology_svg(TOPOLOGY)
     if str(output) == "-":
         click.echo(text, nl=False)
         return

@@ -1,4 +1,4 @@
-"""Helpers of the console tests: the console as a subprocess, and Debian's Chromium for Playwright."""
+"""Helpers of the console tests: the console as a subprocess, Debian's chromium for Playwright."""
 
 from __future__ import annotations
 

@@ -24,9 +24,10 @@ function wanted(chart, data) {
 function draw(chart, data) {
   const names = wanted(chart, data);
   const times = data.times;
-  const end = data.now, start = end - 600;
+  // The last ten minutes, or since the console started when that is shorter.
+  const end = data.now, start = Math.max(end - 600, times.length ? times[0] : end - 600);
   const peak = Math.max(1, ...names.flatMap((name) => data.queues[name].filter((d) => d !== null)));
-  const x = (t) => LEFT + ((t - start) / (end - start)) * (W - LEFT - 8);
+  const x = (t) => LEFT + ((t - start) / Math.max(1, end - start)) * (W - LEFT - 8);
   const y = (d) => H - BOTTOM - (d / peak) * (H - BOTTOM - TOP);
   chart.replaceChildren();
   chart.appendChild(element("line", { x1: LEFT, y1: H - BOTTOM, x2: W - 8, y2: H - BOTTOM, stroke: "#999" }));
@@ -36,8 +37,10 @@ function draw(chart, data) {
     text.textContent = label;
     chart.appendChild(text);
   }
-  for (const [label, t] of [["-10 min", start], ["-5 min", start + 300], ["now", end]]) {
-    const text = element("text", { x: x(t), y: H - 6, "text-anchor": "middle", "font-size": 11 });
+  const ago = (t) => (end - t >= 90 ? `-${Math.round((end - t) / 60)} min` : `-${Math.round(end - t)} s`);
+  const ticks = [[ago(start), start, "start"], [ago((start + end) / 2), (start + end) / 2, "middle"], ["now", end, "end"]];
+  for (const [label, t, anchor] of ticks) {
+    const text = element("text", { x: x(t), y: H - 6, "text-anchor": anchor, "font-size": 11 });
     text.textContent = label;
     chart.appendChild(text);
   }
