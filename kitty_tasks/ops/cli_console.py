@@ -24,7 +24,7 @@ DEFAULT_PORT = 8765
 )  # fmt: skip
 @click.option("--read-only", is_flag=True, help="Show everything; refuse replay and purge.")
 @click.option(
-    "--scan-limit", type=click.IntRange(min=1), default=2000, show_default=True,
+    "--scan-limit", type=click.IntRange(min=1), default=10_000, show_default=True,
     help="Dead letters a DLQ's page decodes from the head to group them.",
 )  # fmt: skip
 @click.pass_context

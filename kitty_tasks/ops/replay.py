@@ -30,6 +30,10 @@ __all__ = [
 
 #: Replayed messages confirmed per round trip when no rate limit is set.
 REPLAY_BATCH = 50
+#: AMQP's prefetch count is 16 bits: a peek streams at most this many messages.
+PEEK_PREFETCH_MAX = 65_535
+#: Seconds a peek waits for the next message before it takes the queue to have shrunk.
+PEEK_IDLE_TIMEOUT = 2.0
 
 Progress = Callable[[int], None]
 #: Picks dead letters beyond the glob patterns (the console's group or single message).
@@ -90,23 +94,40 @@ def peek(connection: Connection, queue: str, *, limit: int | None = None) -> lis
     """Decode up to ``limit`` messages of ``queue`` from the head, leaving them where they were.
 
     Each message is fetched without ack; closing the channel hands them all back,
-    and RabbitMQ puts requeued messages back at their original positions.
+    and RabbitMQ puts requeued messages back at their original positions. The head
+    is streamed to a consumer (prefetch = what is wanted), not fetched one round trip
+    at a time: 10,000 dead letters take about a second instead of ten.
     """
     depth = queue_stats(connection, queue).messages
     wanted = depth if limit is None else min(depth, limit)
     channel = connection.connection.channel()
     letters: list[DeadLetter] = []
+
+    def take(message: amqp.Message) -> None:
+        position = len(letters)
+        letters.append(
+            decode_dead_letter(message.body, _properties(message), dlq=queue, position=position)
+        )
+
     try:
-        for position in range(wanted):
+        streamed = min(wanted, PEEK_PREFETCH_MAX)
+        if streamed:
+            channel.basic_qos(0, streamed, False)
+            channel.basic_consume(queue, callback=take, no_ack=False)
+            while len(letters) < streamed:
+                try:
+                    connection.connection.drain_events(timeout=PEEK_IDLE_TIMEOUT)
+                except TimeoutError:
+                    break  # the queue shrank since it was counted
+        # Beyond the largest prefetch the broker allows, one round trip per message.
+        while streamed == PEEK_PREFETCH_MAX and len(letters) < wanted:
             message = channel.basic_get(queue, no_ack=False)
             if message is None:
                 break
-            letters.append(
-                decode_dead_letter(message.body, _properties(message), dlq=queue, position=position)
-            )
+            take(message)
     finally:
         channel.close()
-    return letters
+    return letters[:wanted]
 
 
 def peek_message(

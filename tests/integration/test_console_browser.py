@@ -268,3 +268,43 @@ def test_read_only_hides_replay_and_refuses_its_post(ops_url: str) -> None:
             assert "nothing was moved or deleted" in refused.text
         assert queue_counts(ops_url, DLQ)[0] == 1
         assert queue_counts(ops_url, "research.tasks")[0] == 0
+
+
+def test_a_big_dlq_is_grouped_from_a_bounded_scan_and_its_list_paged(ops_url: str) -> None:
+    # Given 120 dead letters of two errors, and a console that reads at most 100 of them
+    with Connection(ops_url) as connection:
+        producer = connection.Producer()
+        for item in range(120):
+            producer.publish(
+                [[item], {}, {}], exchange="dlx", routing_key="research.tasks",
+                headers={"task": "research.fragile", "id": f"t-{item}",
+                         "x-kitty-error-type": "ValueError" if item % 2 else "KeyError"},
+            )  # fmt: skip
+    wait_for(lambda: queue_counts(ops_url, DLQ)[0] == 120, 10, 0.1, what="120 dead letters")
+    with running_console(ops_url, "--scan-limit", "100") as console:
+        session, _ = logged_in_session(console, "/dlq")
+
+        # When the DLQ's page is shown
+        first = session.get(console.url(f"/dlq/{DLQ}")).text
+
+        # Then it counts all, groups the first 100, and lists 50 of them
+        assert "<strong>120</strong> dead letter(s)" in first
+        assert "Grouped from the first 100 (the scan limit)" in first
+        assert first.count('class="letter"') == 50
+        assert "page 1 of 2" in first
+
+        # And the second page has the rest of the scanned ones; a page past the end is an error
+        second = session.get(console.url(f"/dlq/{DLQ}?page=2")).text
+        assert second.count('class="letter"') == 50
+        past = session.get(console.url(f"/dlq/{DLQ}?page=3"))
+        assert past.status_code == 400
+        assert "page 3 is past the last page (2)" in past.text
+        assert session.get(console.url(f"/dlq/{DLQ}?page=0")).status_code == 400
+
+        # And a group's filter lists only its own
+        keys = session.get(console.url(f"/dlq/{DLQ}?error_type=KeyError&type=research.fragile"))
+        assert keys.text.count('class="letter"') == 50
+        assert "ValueError</td>" not in keys.text.split('id="messages"')[1]
+
+    # And nothing was moved by looking
+    assert queue_counts(ops_url, DLQ)[0] == 120

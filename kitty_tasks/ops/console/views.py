@@ -63,7 +63,7 @@ class ConsoleConfig:
     management_url: str
     read_only: bool = False
     #: Dead letters decoded from a DLQ's head to group them: the page never reads more.
-    scan_limit: int = 2000
+    scan_limit: int = 10_000
     #: Rows of a DLQ's message list per page.
     page_size: int = 50
 
