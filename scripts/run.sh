@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`'s foreground part: Flower credentials, the URLs, then honcho with the Procfile.
+# `make run`'s foreground part: Flower's and the console's logins, the URLs, then honcho.
 # Broker check and topology have already run (make's prerequisites).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 BIN="${BIN:-.venv/bin}"
 case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
 CREDENTIALS_FILE="${KITTY_FLOWER_CREDENTIALS_FILE:-.flower-credentials}"
+CONSOLE_CREDENTIALS_FILE="${KITTY_CONSOLE_CREDENTIALS_FILE:-.console-credentials}"
 
 # honcho gives .env precedence over the shell's environment; read it the same way
 # here so that the banner shows what the processes will really get.
@@ -38,7 +39,23 @@ else
 fi
 export FLOWER_BASIC_AUTH
 
+# The console has no default login either: the same, kept in its own file.
+if [ -z "${KITTY_CONSOLE_USER:-}" ] || [ -z "${KITTY_CONSOLE_PASSWORD:-}" ]; then
+  if [ ! -s "$CONSOLE_CREDENTIALS_FILE" ]; then
+    (umask 077 && printf 'kitty:%s\n' "$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(18))')" \
+      >"$CONSOLE_CREDENTIALS_FILE")
+  fi
+  console_login="$(head -n 1 "$CONSOLE_CREDENTIALS_FILE")"
+  KITTY_CONSOLE_USER="${console_login%%:*}"
+  KITTY_CONSOLE_PASSWORD="${console_login#*:}"
+  console_source="generated, kept in $CONSOLE_CREDENTIALS_FILE"
+else
+  console_source="from KITTY_CONSOLE_USER/KITTY_CONSOLE_PASSWORD"
+fi
+export KITTY_CONSOLE_USER KITTY_CONSOLE_PASSWORD
+
 export FLOWER_PORT="${FLOWER_PORT:-5555}"
+export KITTY_CONSOLE_PORT="${KITTY_CONSOLE_PORT:-8765}"
 export KITTY_EXPORTER_PORT="${KITTY_EXPORTER_PORT:-9808}"
 export KITTY_RESEARCH_METRICS_PORT="${KITTY_RESEARCH_METRICS_PORT:-9101}"
 export KITTY_CAD_METRICS_PORT="${KITTY_CAD_METRICS_PORT:-9102}"
@@ -52,6 +69,7 @@ flower_password="${flower_password%%,*}"
 cat <<BANNER
 kitty_tasks is starting (Ctrl-C stops every process)
   Flower               http://127.0.0.1:${FLOWER_PORT}    user ${flower_user}, password ${flower_password} (${flower_source})
+  Console              http://127.0.0.1:${KITTY_CONSOLE_PORT}    user ${KITTY_CONSOLE_USER}, password ${KITTY_CONSOLE_PASSWORD} (${console_source})
   RabbitMQ management  ${management}
   Platform metrics     http://127.0.0.1:${KITTY_EXPORTER_PORT}/metrics
   Worker metrics       http://127.0.0.1:${KITTY_RESEARCH_METRICS_PORT}/metrics (research), :${KITTY_CAD_METRICS_PORT} (cad), :${KITTY_BRAIN_METRICS_PORT} (brain)

@@ -13,6 +13,7 @@ from kitty_tasks.core.management import ManagementError
 from kitty_tasks.core.settings import TopologyProfile, get_settings
 from kitty_tasks.core.topology import QueueType, build_topology, definitions_json
 from kitty_tasks.ops.cli_access import access
+from kitty_tasks.ops.cli_console import console
 from kitty_tasks.ops.cli_dlq import dlq
 from kitty_tasks.ops.cli_format import management_client, report_differences
 from kitty_tasks.ops.cli_ops import health, metrics
@@ -22,6 +23,8 @@ from kitty_tasks.ops.cli_wire import events, rpc
 
 __all__ = ["main"]
 
+#: Where `topology picture` writes the drawing the README shows.
+PICTURE_PATH = Path("docs/topology.svg")
 #: Where each profile's definitions file is committed (and what compose mounts).
 DEFINITIONS_PATHS = {
     TopologyProfile.CLASSIC: Path("compose/rabbitmq/definitions.json"),
@@ -63,6 +66,7 @@ main.add_command(metrics)
 main.add_command(events)
 main.add_command(rpc)
 main.add_command(access)
+main.add_command(console)
 events.add_command(replay)
 
 
@@ -117,6 +121,28 @@ def topology_export(output: Path | None, profile: str, queue_type: str) -> None:
         )
     output = output or DEFINITIONS_PATHS[chosen]
     text = definitions_json(build_topology(event_queue_type=QueueType(queue_type), profile=chosen))
+    if str(output) == "-":
+        click.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    click.echo(f"wrote {output}")
+
+
+@topology.command("picture")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=PICTURE_PATH,
+    show_default=True,
+    help="File to write; '-' for stdout.",
+)
+def topology_picture(output: Path) -> None:
+    """Draw the topology as an SVG: exchanges, queues, bindings, the retry ladder, the DLQs."""
+    from kitty_tasks.ops.console.picture import topology_svg  # noqa: PLC0415
+
+    text = topology_svg(build_topology())  # the classic profile: the one the README shows
     if str(output) == "-":
         click.echo(text, nl=False)
         return

@@ -37,7 +37,9 @@ __all__ = [
     "H_REPLAYS",
     "DeadLetter",
     "ErrorGroup",
+    "TriageGroup",
     "decode_dead_letter",
+    "group_by_cause",
     "group_by_error",
     "matches",
     "replay_headers",
@@ -97,6 +99,31 @@ class ErrorGroup:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
+
+
+@dataclass
+class TriageGroup:
+    """Dead letters of one error type and one task/event type, with their failure span."""
+
+    error_type: str
+    type: str
+    count: int = 0
+    first_failure: str | None = None
+    last_failure: str | None = None
+    sample_message: str = ""
+
+    def add(self, letter: DeadLetter) -> None:
+        """Count ``letter`` in, widening the span of failure times."""
+        self.count += 1
+        if not self.sample_message:
+            self.sample_message = letter.error_message
+        first = letter.first_failure or letter.last_failure
+        last = letter.last_failure or letter.first_failure
+        # ISO 8601 strings in UTC (what decoding produces) sort as times do.
+        if first and (self.first_failure is None or first < self.first_failure):
+            self.first_failure = first
+        if last and (self.last_failure is None or last > self.last_failure):
+            self.last_failure = last
 
 
 def parse_time(value: Any) -> float | None:
@@ -235,6 +262,15 @@ def group_by_error(letters: Iterable[DeadLetter]) -> list[ErrorGroup]:
         ErrorGroup(error, count, dict(types[error].most_common()), samples[error])
         for error, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     ]
+
+
+def group_by_cause(letters: Iterable[DeadLetter]) -> list[TriageGroup]:
+    """Dead letters grouped by (error type, task/event type), biggest group first."""
+    groups: dict[tuple[str, str], TriageGroup] = {}
+    for letter in letters:
+        key = (letter.error_type, letter.type)
+        groups.setdefault(key, TriageGroup(*key)).add(letter)
+    return sorted(groups.values(), key=lambda g: (-g.count, g.error_type, g.type))
 
 
 def matches(letter: DeadLetter, patterns: Sequence[str]) -> bool:

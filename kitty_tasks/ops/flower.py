@@ -11,12 +11,17 @@ import click
 
 from kitty_tasks.core.settings import get_settings
 
-__all__ = ["AuthError", "build_command", "check_basic_auth", "main"]
+__all__ = ["AuthError", "build_command", "check_basic_auth", "check_credential", "main"]
 
 #: Flower reads its own ``FLOWER_*`` variables; this is the one we insist on.
 AUTH_ENV = "FLOWER_BASIC_AUTH"
 #: Shortest password accepted, so "admin:admin"-style placeholders fail loudly.
 MIN_PASSWORD_LENGTH = 8
+#: Passwords long enough to pass the length check that are still everybody's first guess.
+PLACEHOLDER_PASSWORDS = frozenset(
+    {"password", "password1", "changeme", "changeit", "12345678", "123456789", "letmein1",
+     "administrator", "qwertyuiop", "set-me-please"}
+)  # fmt: skip
 #: Addresses that only this machine can reach.
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -39,12 +44,18 @@ def check_basic_auth(value: str) -> list[str]:
         user, sep, password = credential.partition(":")
         if not sep or not user.strip():
             raise AuthError(f"{AUTH_ENV} must look like user:password, got an entry without a user")
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise AuthError(
-                f"{AUTH_ENV}: the password of {user!r} is shorter than "
-                f"{MIN_PASSWORD_LENGTH} characters"
-            )
+        check_credential(user, password, AUTH_ENV)
     return credentials
+
+
+def check_credential(user: str, password: str, setting: str) -> None:
+    """Refuse a password that is short, a well-known placeholder, or the user name again."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AuthError(
+            f"{setting}: the password of {user!r} is shorter than {MIN_PASSWORD_LENGTH} characters"
+        )
+    if password.lower() in PLACEHOLDER_PASSWORDS or password == user:
+        raise AuthError(f"{setting}: the password of {user!r} is a placeholder; choose a real one")
 
 
 def default_broker_api(management_url: str) -> str:

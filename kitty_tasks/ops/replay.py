@@ -23,14 +23,21 @@ __all__ = [
     "list_dlqs",
     "oldest_age",
     "peek",
+    "peek_message",
     "purge",
     "replay",
 ]
 
 #: Replayed messages confirmed per round trip when no rate limit is set.
 REPLAY_BATCH = 50
+#: AMQP's prefetch count is 16 bits: a peek streams at most this many messages.
+PEEK_PREFETCH_MAX = 65_535
+#: Seconds a peek waits for the next message before it takes the queue to have shrunk.
+PEEK_IDLE_TIMEOUT = 2.0
 
 Progress = Callable[[int], None]
+#: Picks dead letters beyond the glob patterns (the console's group or single message).
+Selector = Callable[[DeadLetter], bool]
 
 
 class ReplayError(KittyError):
@@ -87,23 +94,65 @@ def peek(connection: Connection, queue: str, *, limit: int | None = None) -> lis
     """Decode up to ``limit`` messages of ``queue`` from the head, leaving them where they were.
 
     Each message is fetched without ack; closing the channel hands them all back,
-    and RabbitMQ puts requeued messages back at their original positions.
+    and RabbitMQ puts requeued messages back at their original positions. The head
+    is streamed to a consumer (prefetch = what is wanted), not fetched one round trip
+    at a time: 10,000 dead letters take about a second instead of ten.
     """
     depth = queue_stats(connection, queue).messages
     wanted = depth if limit is None else min(depth, limit)
     channel = connection.connection.channel()
     letters: list[DeadLetter] = []
+
+    def take(message: amqp.Message) -> None:
+        position = len(letters)
+        letters.append(
+            decode_dead_letter(message.body, _properties(message), dlq=queue, position=position)
+        )
+
     try:
-        for position in range(wanted):
+        streamed = min(wanted, PEEK_PREFETCH_MAX)
+        if streamed:
+            channel.basic_qos(0, streamed, False)
+            channel.basic_consume(queue, callback=take, no_ack=False)
+            while len(letters) < streamed:
+                try:
+                    connection.connection.drain_events(timeout=PEEK_IDLE_TIMEOUT)
+                except TimeoutError:
+                    break  # the queue shrank since it was counted
+        # Beyond the largest prefetch the broker allows, one round trip per message.
+        while streamed == PEEK_PREFETCH_MAX and len(letters) < wanted:
             message = channel.basic_get(queue, no_ack=False)
             if message is None:
                 break
-            letters.append(
-                decode_dead_letter(message.body, _properties(message), dlq=queue, position=position)
-            )
+            take(message)
     finally:
         channel.close()
-    return letters
+    return letters[:wanted]
+
+
+def peek_message(
+    connection: Connection, queue: str, position: int
+) -> tuple[DeadLetter, amqp.Message] | None:
+    """The message at ``position`` of ``queue``, decoded and raw; None past the end.
+
+    Like ``peek``: nothing is acked, so closing the channel puts every message back in order.
+    """
+    if position < 0:
+        raise ValueError(f"a position counts from 0, got {position}")
+    channel = connection.connection.channel()
+    try:
+        for index in range(position + 1):
+            message = channel.basic_get(queue, no_ack=False)
+            if message is None:
+                return None
+            if index == position:
+                properties = _properties(message)
+                return decode_dead_letter(
+                    message.body, properties, dlq=queue, position=position
+                ), message
+    finally:
+        channel.close()
+    return None
 
 
 def oldest_age(connection: Connection, queue: str, now: float | None = None) -> float | None:
@@ -176,6 +225,7 @@ def replay(
     dry_run: bool = False,
     rate: float | None = None,
     progress: Progress | None = None,
+    select: Selector | None = None,
 ) -> ReplayReport:
     """Move the dead letters of ``queue`` that match ``patterns`` back to their own queue.
 
@@ -186,7 +236,8 @@ def replay(
     fanned out to every subscriber again), confirmed by the broker, and only
     then acked out of the DLQ: a crash part-way leaves every unconfirmed
     message in the DLQ. Messages that do not match stay unacked until the end
-    and then go back to their original positions.
+    and then go back to their original positions. ``select``, when given, must also
+    accept a message for it to move (a group or one message of the console).
     """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
@@ -232,7 +283,7 @@ def replay(
             report.examined += 1
             if progress is not None:
                 progress(1)
-            if not matches(letter, patterns):
+            if not matches(letter, patterns) or (select is not None and not select(letter)):
                 report.left.append((letter, "does not match the filter"))
                 continue
             why = refusal(letter, target, queue)

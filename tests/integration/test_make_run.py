@@ -76,6 +76,7 @@ def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
     """
     ports = {
         "FLOWER_PORT": free_port(),
+        "KITTY_CONSOLE_PORT": free_port(),
         "KITTY_EXPORTER_PORT": free_port(),
         "KITTY_RESEARCH_METRICS_PORT": free_port(),
         "KITTY_CAD_METRICS_PORT": free_port(),
@@ -87,6 +88,7 @@ def platform(ops_url: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         RABBITMQ_URL=ops_url,
         KITTY_ENV_FILE=str(tmp_path / "no.env"),  # a developer's .env must not redirect the test
         KITTY_FLOWER_CREDENTIALS_FILE=str(tmp_path / "flower-credentials"),
+        KITTY_CONSOLE_CREDENTIALS_FILE=str(tmp_path / "console-credentials"),
         KITTY_RUN_DIR=str(tmp_path / "run"),
         KITTY_RESULT_BACKEND=f"db+sqlite:///{tmp_path}/results.sqlite3",
     )
@@ -184,6 +186,17 @@ def test_make_run_brings_up_workers_and_flower_and_ctrl_c_stops_every_process(
     assert metrics is not None
     assert metrics.status_code == 200
     assert "flower_" in metrics.text
+    # And the console answers at the URL the banner gives, only with its generated login
+    console = f"http://127.0.0.1:{ports['KITTY_CONSOLE_PORT']}"
+    console_file = Path(str(platform["tmp"])) / "console-credentials"
+    console_user, _, console_password = console_file.read_text().strip().partition(":")
+    assert oct(console_file.stat().st_mode & 0o777) == "0o600"
+    assert f"Console              {console}" in banner
+    assert f"password {console_password}" in banner
+    wait_for(lambda: _get_status(console + "/dlq") == 401, timeout=60, what="the console")
+    login = (console_user, console_password)
+    assert requests.get(console + "/dlq", auth=login, timeout=30).status_code == 200
+
     # And the exporter and every worker serve metrics
     for name in ("KITTY_EXPORTER_PORT", *(f"KITTY_{w.upper()}_METRICS_PORT" for w in WORKERS)):
         url = f"http://127.0.0.1:{ports[name]}/metrics"
@@ -293,3 +306,11 @@ def test_demo_leaves_only_the_platform_topology(
     # platform's queues are all still there
     after = {q["name"] for q in management_client.queues(vhost)}
     assert after == before, f"left behind: {after - before}; lost: {before - after}"
+
+
+def _get_status(url: str) -> int | None:
+    """The HTTP status ``url`` answers with; None while nothing listens."""
+    try:
+        return requests.get(url, timeout=5).status_code
+    except requests.ConnectionError:
+        return None

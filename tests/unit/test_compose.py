@@ -31,13 +31,14 @@ from tests.compose_support import (
 #: A current RabbitMQ 4.x image with the management plugin (the quorum profile needs 4.0+).
 RABBITMQ_IMAGE = r"rabbitmq:4\.([1-9]|[1-9][0-9])-management"
 SECRET = re.compile(r"PASSWORD|PASS$|COOKIE|AUTH|SECRET|TOKEN")
-APP_SERVICES = ("research-worker", "cad-worker", "brain-worker", "flower", "exporter")
+APP_SERVICES = ("research-worker", "cad-worker", "brain-worker", "flower", "console", "exporter")
 #: The broker user each compose service logs in as (an account of the access table).
 COMPOSE_USERS = {
     "research-worker": "research-worker",
     "cad-worker": "cad-worker",
     "brain-worker": "brain",
     "flower": "operator",
+    "console": "operator",
     "exporter": "operator",
 }
 #: Files compose mounts that a command writes before `docker compose up` (git-ignored).
@@ -226,6 +227,17 @@ def test_flower_requires_basic_auth_in_compose() -> None:
     assert flower["command"][:3] == ["python", "-m", "kitty_tasks.ops.flower"]
     assert "--insecure-local" not in flower["command"]
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+
+
+def test_the_console_requires_its_login_in_compose() -> None:
+    console = services(COMPOSE_DIR / "docker-compose.yml")["console"]
+    command = console["command"]
+    assert command[:2] == ["kitty-tasks", "console"]
+    assert "--read-only" not in command
+    port = command[command.index("--port") + 1]
+    assert any(mapping.endswith(f":{port}:{port}") for mapping in console["ports"])
+    for name in ("KITTY_CONSOLE_USER", "KITTY_CONSOLE_PASSWORD"):
+        assert console["environment"][name].startswith(f"${{{name}:?"), name
 
 
 def test_cluster_has_three_nodes_sharing_a_required_cookie() -> None:
