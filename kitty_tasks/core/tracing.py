@@ -103,7 +103,7 @@ def _decide() -> Any:
             return _STATE.live
         if not wanted():
             _STATE.live = False
-        elif importlib.util.find_spec("opentelemetry.sdk") is None:
+        elif not _installed():
             logger.warning(
                 "tracing asked for (KITTY_TRACING or OTEL_*) but OpenTelemetry is not "
                 "installed: pip install 'kitty-tasks[otel]'; tracing stays off"
@@ -112,6 +112,14 @@ def _decide() -> Any:
         else:
             _STATE.live = _otel().Otel.from_env()
         return _STATE.live
+
+
+def _installed() -> bool:
+    """True when the OpenTelemetry SDK can be imported (found, not imported)."""
+    try:
+        return importlib.util.find_spec("opentelemetry.sdk") is not None
+    except (ImportError, ValueError):  # a parent package blocked or half-installed
+        return False
 
 
 def enable(tracer_provider: Any = None, meter_provider: Any = None) -> None:

@@ -26,13 +26,13 @@ from opentelemetry.trace import SpanKind
 
 from events import Event, EventBus
 from kitty_tasks.core import tracing
-from kitty_tasks.core.topology import RESEARCH_TASKS, dlq_name
-from rpc import RPCClient
+from kitty_tasks.core.topology import CAD_TASKS, FABRICATION_EVENTS, RESEARCH_TASKS, dlq_name
+from rpc import RPCClient, RPCServer
 from tests.helpers import KITTY_TASKS, ROOT, CeleryWorker, queue_counts, wait_for
 from tests.integration import tasks_for_tests
 from tests.integration.events_helpers import consuming, drain_until, purge, unique
 from tests.integration.otlp_receiver import OTLPReceiver, ReceivedSpan
-from tests.integration.rpc_support import service_name
+from tests.integration.rpc_support import service_name, serving
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -317,3 +317,46 @@ def _write_timeline_source(local: list[ReadableSpan], remote: list[ReceivedSpan]
         for s in local
     ] + [{"process": r.service, "name": r.name, "start": r.start, "end": r.end} for r in remote]
     Path(out).write_text(json.dumps(sorted(rows, key=lambda r: r["start"]), indent=1) + "\n")
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["off", "opentelemetry-missing"])
+def test_with_tracing_off_nothing_is_imported_and_the_wire_is_unchanged(
+    amqp_url: str, blocked: bool
+) -> None:
+    # Given a plain RPC server, and empty queues for a task and an event
+    for queue in (CAD_TASKS, FABRICATION_EVENTS):
+        purge(amqp_url, queue)
+    server = RPCServer(amqp_url, service_name("echo"))
+    server.register_handler(lambda payload: payload)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KITTY_TRACING"))}
+    # (Blocked, tracing is asked for: it must warn and stay off, not fail.)
+    env.update(RABBITMQ_URL=amqp_url, **({"KITTY_TRACING": "true"} if blocked else {}))
+    with serving(server):
+        # When a client with tracing off enqueues a task, publishes an event and calls RPC
+        argv = [sys.executable, "-m", "tests.integration.untraced_client", server.service]
+        ran = subprocess.run(
+            argv + (["block"] if blocked else []),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    report = json.loads(ran.stdout.splitlines()[-1])
+    # Then all of it worked, and OpenTelemetry was never imported
+    assert report["answer"] == {"n": 1}
+    assert report["otel_imported"] is False
+    assert report["event_traceparent"] is None
+    if blocked:
+        assert "OpenTelemetry is not installed" in ran.stderr
+    # And neither message carries a trace header
+    [task] = [
+        m for m in drain_until(amqp_url, CAD_TASKS, 1) if m.headers["id"] == report["task_id"]
+    ]
+    [event] = [
+        m
+        for m in drain_until(amqp_url, FABRICATION_EVENTS, 1)
+        if m.properties["message_id"] == report["event_id"]
+    ]
+    for message in (task, event):
+        assert not {"traceparent", "tracestate"} & set(message.headers)
