@@ -313,7 +313,7 @@ def _write_timeline_source(local: list[ReadableSpan], remote: list[ReceivedSpan]
     if not out:
         return
     rows = [
-        {"process": "brain (test)", "name": s.name, "start": s.start_time, "end": s.end_time}
+        {"process": "test process", "name": s.name, "start": s.start_time, "end": s.end_time}
         for s in local
     ] + [{"process": r.service, "name": r.name, "start": r.start, "end": r.end} for r in remote]
     Path(out).write_text(json.dumps(sorted(rows, key=lambda r: r["start"]), indent=1) + "\n")
