@@ -25,12 +25,10 @@ def main() -> None:
         length = max(1, int((r["end"] - r["start"]) * scale))
         bar = " " * left + "█" * length
         ms = (r["end"] - r["start"]) / 1e6
-        print(
-            f"{r['process']:<{process_width}}  {r['name']:<{name_width}}  |{bar:<{WIDTH}}| {ms:7.1f} ms"
-        )
-    print(
-        f"{'':<{process_width}}  {'':<{name_width}}   0 ms{'':>{WIDTH - 10}}{(end - start) / 1e6:.0f} ms"
-    )
+        label = f"{r['process']:<{process_width}}  {r['name']:<{name_width}}"
+        print(f"{label}  |{bar:<{WIDTH}}| {ms:7.1f} ms")
+    total = f"{(end - start) / 1e6:.0f} ms"
+    print(f"{'':<{process_width + name_width + 2}}   0 ms{total:>{WIDTH - 3}}")
 
 
 if __name__ == "__main__":
