@@ -24,6 +24,8 @@ from events.publishing import (
     build_event,
     caller_properties,
     encode,
+    end_sends,
+    start_sends,
 )
 from events.routing import check_pattern
 from events.schemas import SchemaRegistry, default_registry
@@ -231,8 +233,7 @@ class EventBus:
             traceparent=traceparent,
             version=version,
         )
-        self._send([event], caller_properties(properties), allow_unroutable)
-        return event
+        return self._send([event], caller_properties(properties), allow_unroutable)[0]
 
     async def apublish(
         self,
@@ -264,12 +265,23 @@ class EventBus:
             traceparent=traceparent,
             version=version,
         )
-        message = encode(
-            event, self._signed(caller_properties(properties)), max_bytes=self.max_message_bytes
-        )
-        self._publisher_pool()  # NotConnected now, not from the pipeline's thread
+        (event,), sends = start_sends([event])
+        try:
+            message = encode(
+                event,
+                self._signed(caller_properties(properties)),
+                max_bytes=self.max_message_bytes,
+            )
+            self._publisher_pool()  # NotConnected now, not from the pipeline's thread
+        except BaseException as err:
+            end_sends(sends, err)
+            raise
         allow = self.allow_unroutable if allow_unroutable is None else allow_unroutable
-        return await asyncio.wrap_future(self._pipeline.submit(event, message, allow))
+        sent = self._pipeline.submit(event, message, allow)
+        if sends:
+            # Ended by the pipeline's thread when the confirm (or the error) comes.
+            sent.add_done_callback(lambda done: end_sends(sends, _error_of(done)))
+        return await asyncio.wrap_future(sent)
 
     def publish_many(
         self,
@@ -294,7 +306,7 @@ class EventBus:
                     f"publish_many takes Event objects or (event_type, data) pairs, got {item!r}"
                 )
         if prepared:
-            self._send(prepared, {}, allow_unroutable)
+            return self._send(prepared, {}, allow_unroutable)
         return prepared
 
     def _signed(self, extra: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -306,15 +318,23 @@ class EventBus:
 
     def _send(
         self, events: Sequence[Event], extra: Mapping[str, Any], allow_unroutable: bool | None
-    ) -> None:
+    ) -> list[Event]:
+        """Publish ``events``; returns them as sent (with their traceparent when tracing)."""
         extra = self._signed(extra)
-        messages = [encode(event, extra, max_bytes=self.max_message_bytes) for event in events]
-        allow = self.allow_unroutable if allow_unroutable is None else allow_unroutable
-        unroutable = self._publisher_pool().send(
-            events, messages, allow_unroutable=allow, timeout=self.publish_timeout
-        )
+        events, sends = start_sends(events)
+        try:
+            messages = [encode(event, extra, max_bytes=self.max_message_bytes) for event in events]
+            allow = self.allow_unroutable if allow_unroutable is None else allow_unroutable
+            unroutable = self._publisher_pool().send(
+                events, messages, allow_unroutable=allow, timeout=self.publish_timeout
+            )
+        except BaseException as err:
+            end_sends(sends, err)
+            raise
+        end_sends(sends)
         if unroutable:
             self._count_unroutable(unroutable)
+        return list(events)
 
     def _count_unroutable(self, events: int) -> None:
         with self._lock:
@@ -462,3 +482,11 @@ class EventBus:
             verify_source=self.verify_source,
             own_user=self.user_id,
         )
+
+
+def _error_of(done: Any) -> BaseException | None:
+    """The error a settled Future ended with, or None (cancelled counts as none sent)."""
+    if done.cancelled():
+        return None
+    error: BaseException | None = done.exception()
+    return error

@@ -20,6 +20,7 @@ from events.envelope import Event
 from events.errors import DecodeError, Permanent, SchemaError, UnverifiedSource
 from events.schemas import SchemaRegistry
 from events.subscriptions import EventHandler
+from kitty_tasks.core import tracing
 from kitty_tasks.core.access import publisher_may_claim
 from kitty_tasks.core.dead_letters import oversized
 from kitty_tasks.core.failure import FailurePolicy, Outcome, RetryPlan, attempt_of
@@ -74,16 +75,42 @@ class EventDelivery:
 
     def __call__(self, message: Any, ack: Ack) -> None:
         """Handle ``message`` (a Kombu delivery), then ``ack(message)`` or reject it."""
+        process = self._trace(message)
         try:
             settled_by_ack = self._decide(message)
-        except Exception:
+        except Exception as err:
             # A bug of ours, not of the handler: the DLQ keeps it (x-death) rather than a loop.
             logger.exception(LOG_BUG, self.queue)
+            tracing.failed(err, Outcome.REJECTED.value)
             settled_by_ack = False
+        finally:
+            process.end()
         if settled_by_ack:
             ack(message)
         else:
             message.reject(requeue=False)
+
+    def _trace(self, message: Any) -> tracing.Process:
+        """The ``process`` span of this delivery: a new trace linked to the publisher's span.
+
+        Linked, not a child: an event is fire-and-forget, fanned out to every subscriber
+        and replayed from the audit stream days later; its handling is not part of the
+        publisher's operation (docs/tracing.md).
+        """
+        if not tracing.enabled():
+            return tracing.NO_PROCESS
+        headers = message.headers or {}
+        delivery = message.delivery_info or {}
+        return tracing.start_process(
+            headers,
+            exchange=str(delivery.get("exchange") or ""),
+            routing_key=str(delivery.get("routing_key") or ""),
+            queue=self.queue,
+            message_id=message.properties.get("message_id"),
+            conversation_id=message.properties.get("correlation_id"),
+            link=True,
+            attempt=attempt_of(headers),
+        )
 
     def _decide(self, message: Any) -> bool:
         """Run the handler or the failure policy; True to ack ``message``, False to reject."""
@@ -134,6 +161,7 @@ class EventDelivery:
     def _fail(self, message: Any, exc: Exception, event_type: str, *, retryable: bool) -> bool:
         """Retry or dead-letter ``message`` by the policy; log and count what became of it."""
         outcome, plan = self.policy.handle(message, exc, queue=self.queue, retryable=retryable)
+        tracing.failed(exc, outcome.value)
         attempt = attempt_of(message.headers or {})
         message_id = message.properties.get("message_id")
         error = (type(exc).__name__, exc)

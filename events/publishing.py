@@ -24,6 +24,7 @@ from events.errors import (
 )
 from events.routing import topic_matches
 from events.schemas import SchemaRegistry
+from kitty_tasks.core import tracing
 from kitty_tasks.core.connection import RECONNECT, safe_url, vhost_of
 from kitty_tasks.core.management import ManagementClient
 from kitty_tasks.core.metrics import EVENTS_PUBLISHED, EVENTS_UNROUTABLE
@@ -38,6 +39,8 @@ __all__ = [
     "build_event",
     "caller_properties",
     "encode",
+    "end_sends",
+    "start_sends",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,38 @@ def encode(event: Event, extra: Mapping[str, Any], *, max_bytes: int) -> Outgoin
         if headers:
             properties["application_headers"] = headers
     return OutgoingMessage(body, EVENTS_EXCHANGE, event.event_type, properties)
+
+
+def start_sends(events: Sequence[Event]) -> tuple[Sequence[Event], list[tracing.Send]]:
+    """A ``send`` span per event; each event then carries its span's context as traceparent.
+
+    The envelope's ``traceparent`` field and header stay one value: the span's. An event
+    that had one (given by the caller, or inherited from the event being handled) has
+    its span parented to it when no span is current. Off, the events are returned as given.
+    """
+    if not tracing.enabled():
+        return events, []
+    sends = [
+        tracing.start_send(
+            EVENTS_EXCHANGE,
+            event.event_type,
+            message_id=event.event_id,
+            conversation_id=event.correlation_id,
+            parent=event.traceparent,
+        )
+        for event in events
+    ]
+    traced = [
+        event.model_copy(update={"traceparent": send.traceparent})
+        for event, send in zip(events, sends, strict=True)
+    ]
+    return traced, sends
+
+
+def end_sends(sends: Sequence[tracing.Send], error: BaseException | None = None) -> None:
+    """End the ``send`` spans of ``start_sends`` with the publish's outcome."""
+    for send in sends:
+        send.end(error)
 
 
 class PublisherPool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import amqp
 
+from kitty_tasks.core import tracing
 from kitty_tasks.core.metrics import RPC_LATENCY
 from rpc.errors import BadReply, NoRoute, RemoteError, RPCError, RPCTimeout
 from rpc.protocol import DEFAULT_METHOD_LABEL, decode_reply
@@ -39,6 +40,8 @@ class Call:
     started: float = field(compare=False)
     timeout: float = field(compare=False)
     future: Future[Any] = field(compare=False)
+    #: The call's ``send`` span (kind CLIENT), ended when the call settles.
+    trace: tracing.Send = field(default=tracing.NO_SEND, compare=False)
 
 
 class CallsInFlight:
@@ -106,6 +109,7 @@ class CallsInFlight:
             for key, call in list(self._calls.items()):
                 if call.future is future:
                     del self._calls[key]
+                    call.trace.end(TimeoutError("the caller stopped waiting"))
 
     def on_reply(self, message: amqp.Message) -> None:
         """Settle the call a reply answers; discard a reply no call waits for."""
@@ -196,6 +200,7 @@ class CallsInFlight:
                 call.future.set_exception(error)
         except InvalidStateError:
             return  # ended already
+        call.trace.end(error)
         key = (call.service, call.method or DEFAULT_METHOD_LABEL, outcome)
         histogram = self._histograms.get(key)
         if histogram is None:

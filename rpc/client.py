@@ -15,6 +15,7 @@ from typing import Any
 import amqp
 from pydantic import BaseModel
 
+from kitty_tasks.core import tracing
 from kitty_tasks.core.connection import safe_url, user_of
 from kitty_tasks.core.errors import BrokerUnavailable
 from kitty_tasks.core.offload import Offload
@@ -247,7 +248,18 @@ class RPCClient:
         correlation_id = f"{self._prefix}.{next(self._ids)}"
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
-        call = Call(deadline, correlation_id, service, method, started, timeout, future)
+        call = Call(
+            deadline,
+            correlation_id,
+            service,
+            method,
+            started,
+            timeout,
+            future,
+            trace=tracing.start_send(
+                RPC_EXCHANGE, service, conversation_id=correlation_id, client=True
+            ),
+        )
         if not self._presence.fresh(service, started) and not self._served(call):
             return call  # settled already: its Future holds the error
         if self._calls.add(call):
@@ -259,7 +271,7 @@ class RPCClient:
             reply_to=REPLY_TO,
             expiration=expiration,
             delivery_mode=1,  # a request is worthless after its timeout; skip the disk
-            application_headers=request_headers(method, timeout),
+            application_headers={**request_headers(method, timeout), **call.trace.headers},
             **authenticated(self.user_id),
         )
         try:
@@ -267,6 +279,7 @@ class RPCClient:
         except Exception as err:
             self._calls.pop(correlation_id)
             self._link.wake()
+            call.trace.end(err)
             raise ConnectionLost(
                 f"could not send the call to {service!r}: the broker connection failed "
                 f"({type(err).__name__}: {err}); the request was not sent"

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import amqp
 from pydantic import BaseModel, ValidationError
 
+from kitty_tasks.core import tracing
 from kitty_tasks.core.connection import user_of
 from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
 from kitty_tasks.core.errors import ConfigurationError, MessageTooLarge
@@ -277,6 +278,28 @@ class RPCServer:
                 logger.exception("%s: unexpected failure while processing a request", self.service)
 
     def _process(self, delivery: _Delivery) -> None:
+        process = self._trace(delivery.message)
+        try:
+            self._serve(delivery)
+        finally:
+            process.end()
+
+    def _trace(self, message: amqp.Message) -> tracing.Process:
+        """The ``process`` span of a request: a child of the caller's span (it waits for us)."""
+        if not tracing.enabled():
+            return tracing.NO_PROCESS
+        properties = message.properties
+        delivery = message.delivery_info or {}
+        return tracing.start_process(
+            properties.get("application_headers"),
+            exchange=str(delivery.get("exchange") or ""),
+            routing_key=str(delivery.get("routing_key") or ""),
+            queue=self.service,
+            message_id=properties.get("message_id"),
+            conversation_id=properties.get("correlation_id"),
+        )
+
+    def _serve(self, delivery: _Delivery) -> None:
         message = delivery.message
         properties = message.properties
         headers = properties.get("application_headers") or {}
@@ -296,6 +319,7 @@ class RPCServer:
             body = encode_result(handler.invoke(payload), max_bytes=self.max_message_bytes)
             outcome = "ok"
         except Exception as err:
+            tracing.failed(err)
             if not reply_to:
                 self._dead_letter(delivery, err)
                 return
@@ -319,10 +343,20 @@ class RPCServer:
         # After a reconnect the reply still helps a caller that waits, but the ack cannot be
         # sent: the broker requeued the request with the old channel.
         tag = message.delivery_tag if delivery.generation == self._link.generation else None
+        sending = (
+            tracing.NO_SEND
+            if reply is None
+            else tracing.start_send(
+                "", reply_to or "", conversation_id=properties.get("correlation_id")
+            )
+        )
         try:
             self._link.reply_and_ack(reply, reply_to or "", tag)
         except Exception as err:
+            sending.end(err)
             logger.warning(LOG_REPLY_FAILED, self.service, err)
+        else:
+            sending.end()
 
     def _ack(self, delivery: _Delivery) -> None:
         channel = self._link.channel

@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.cases.events import EventConsume, EventPublish
 from benchmarks.cases.rpc import RPCLatency, RPCThroughput
 from benchmarks.cases.tasks import TaskDrain, TaskEnqueue
+from benchmarks.cases.tracing import TracingOverhead
 from benchmarks.harness import Case
 
 __all__ = ["CASES"]
@@ -16,4 +17,5 @@ CASES: dict[str, type[Case]] = {
     TaskDrain.name: TaskDrain,
     RPCLatency.name: RPCLatency,
     RPCThroughput.name: RPCThroughput,
+    TracingOverhead.name: TracingOverhead,
 }

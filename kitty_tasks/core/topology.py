@@ -102,6 +102,9 @@ H_REPLAYS = "x-kitty-replays"
 H_REPLAYED_FROM = "x-kitty-replayed-from"
 #: On the empty message a stream replay appends to find the log's end: the replay's id.
 H_STREAM_MARKER = "x-kitty-stream-marker"
+#: W3C trace context (docs/tracing.md): written only while tracing is on.
+H_TRACEPARENT = "traceparent"
+H_TRACESTATE = "tracestate"
 FAILURE_HEADERS = (
     H_ERROR_TYPE,
     H_ERROR_MESSAGE,

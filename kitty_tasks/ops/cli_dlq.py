@@ -151,7 +151,12 @@ def dlq_show(ctx: click.Context, queue: str, limit: int, as_json: bool) -> None:
         )
     )
     click.echo("")
-    click.echo(table(_LETTER_HEADERS, _letter_rows(letters)))
+    rows, headers = _letter_rows(letters), _LETTER_HEADERS
+    if any(letter.trace_id for letter in letters):
+        # Only traced letters add the column: it is 32 characters wide.
+        rows = [(*row, letter.trace_id or "") for row, letter in zip(rows, letters, strict=True)]
+        headers = [*headers, "trace id"]
+    click.echo(table(headers, rows))
 
 
 def _print_replay(report: ReplayReport) -> None:

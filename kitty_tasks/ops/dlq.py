@@ -31,6 +31,7 @@ from kitty_tasks.core.topology import (
     H_PUBLISHED_AT,
     H_REPLAYS,
 )
+from kitty_tasks.core.tracing import trace_id_of
 
 __all__ = [
     "H_PUBLISHED_AT",
@@ -71,6 +72,8 @@ class DeadLetter:
     reason_source: str  # kitty (x-kitty-* headers), broker (x-death) or none
     priority: int | None
     preview: str
+    #: The W3C trace id the message carried (``traceparent``), when it was traced.
+    trace_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -246,6 +249,7 @@ def decode_dead_letter(
         reason_source=source,
         priority=_int(properties.get("priority")),
         preview=raw[:PREVIEW_LIMIT],
+        trace_id=trace_id_of(headers),
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from celery import Celery
 
 # Importing connects the task metrics and the publish-time stamp (Celery signals),
-# and the task lifecycle events.
+# the task lifecycle events and tracing.
 import kitty_tasks.runtime.lifecycle
-import kitty_tasks.runtime.signals  # noqa: F401
+import kitty_tasks.runtime.signals
+import kitty_tasks.runtime.task_tracing  # noqa: F401
 
 __all__ = ["app"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ from typing import Any
 from celery import signals
 from kombu import Exchange
 
+from kitty_tasks.core import tracing
 from kitty_tasks.core.failure import RetryPlan, dead_letter_headers, plan_failure, retry_headers
 from kitty_tasks.core.topology import (
     DLX_EXCHANGE,
@@ -22,6 +24,7 @@ __all__ = [
     "dead_letter_options",
     "explicit_expiration",
     "ladder_options",
+    "publish_finished",
 ]
 
 #: Options of Celery's ``signature_from_request`` that only make sense on the original
@@ -54,6 +57,9 @@ RETRYING: ContextVar[LadderRetry | None] = ContextVar("kitty_retrying", default=
 EXECUTION: ContextVar[Execution | None] = ContextVar("kitty_execution", default=None)
 #: While ``KittyTask.apply_async`` publishes: the caller's own AMQP ``expiration``, if any.
 PUBLISHING: ContextVar[tuple[float | None] | None] = ContextVar("kitty_publishing", default=None)
+#: The traced ``send`` of the task message being published here, until it is confirmed
+#: (``runtime/task_tracing.py``).
+SENDING: ContextVar[tracing.Send | None] = ContextVar("kitty_task_sending", default=None)
 
 
 def _delay_of(countdown: Any, eta: Any) -> float | None:
@@ -113,6 +119,15 @@ def dead_letter_options(
         # Not a child of the failed task: its result's children are what it started itself.
         "add_to_parent": False,
     }
+
+
+def publish_finished() -> None:
+    """End a traced ``send`` whose publish raised before Celery's ``after_task_publish``."""
+    send = SENDING.get()
+    if send is not None:
+        SENDING.set(None)
+        error = sys.exc_info()[1]
+        send.end(error if error is not None else RuntimeError("task publish did not finish"))
 
 
 def explicit_expiration(

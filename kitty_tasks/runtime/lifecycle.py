@@ -13,6 +13,7 @@ logged and counted, never raised: the task's own outcome and its ack stand.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -75,8 +76,9 @@ class LifecyclePublisher:
     def publish(self, event_type: str, data: dict[str, Any], correlation_id: str | None) -> None:
         """Publish and wait for the confirm, ``KITTY_TASK_EVENTS_TIMEOUT`` at most; raises."""
         timeout = get_settings().task_events_timeout
+        # In the caller's context: a traced event's send is a child of the task's run.
         future: Future[None] = self._executor.submit(
-            self._send, event_type, data, correlation_id, timeout
+            contextvars.copy_context().run, self._send, event_type, data, correlation_id, timeout
         )
         try:
             future.result(timeout=timeout)

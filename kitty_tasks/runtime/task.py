@@ -31,6 +31,7 @@ from kitty_tasks.runtime.ladder import (
     LadderRetry,
     dead_letter_options,
     ladder_options,
+    publish_finished,
 )
 from kitty_tasks.runtime.lifecycle_data import check_lifecycle_options
 
@@ -146,6 +147,7 @@ class KittyTask(Task):  # type: ignore[misc]
             ) from err
         finally:
             PUBLISHING.reset(token)
+            publish_finished()  # tracing: a publish that raised ends its span
 
     def _default_queue(self) -> str:
         return str(self.app.amqp.router.route({}, self.name)["queue"].name)
@@ -240,6 +242,7 @@ class KittyTask(Task):  # type: ignore[misc]
             return super().apply_async(*args, **options)
         finally:
             PUBLISHING.reset(token)
+            publish_finished()  # tracing: a publish that raised ends its span
 
     def _dead_letter(self, exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Copy a failed task's message to ``<queue>.dlq`` with the reason (workers only)."""
