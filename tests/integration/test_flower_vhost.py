@@ -37,7 +37,7 @@ def test_the_broker_tab_lists_one_vhost(
     install()
     with Connection(platform) as here, Connection(other) as there:
         for connection in (here, there):
-            connection.default_channel.queue_declare(name, auto_delete=False)
+            connection.default_channel.queue_declare(name, durable=True, auto_delete=False)
         try:
             # When Flower lists the platform's queues (its broker URL as Celery renders it)
             listed = _listed(here.as_uri(include_password=True), [name])

@@ -29,7 +29,7 @@ def queues(ops_url: str) -> dict[str, str]:
     }
     with Connection(ops_url) as connection:
         channel = connection.channel()
-        channel.queue_declare(names["stray"], durable=False, auto_delete=False)
+        channel.queue_declare(names["stray"], durable=True, auto_delete=False)
         channel.queue_declare(names["subscriber"], durable=True, auto_delete=False)
         declare_service_queue(connection.connection.channel(), names["rpc"])
     return names
