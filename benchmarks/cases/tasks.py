@@ -21,7 +21,7 @@ from benchmarks.harness import Case, Sample, Target, Variant, measure
 from benchmarks.payload import PAYLOAD, body
 from kitty_tasks.core.topology import BRAIN_COMMANDS, RESEARCH_TASKS, TASKS_EXCHANGE
 
-__all__ = ["TaskDrain", "TaskEnqueue"]
+__all__ = ["TaskBulk", "TaskDrain", "TaskEnqueue"]
 
 #: Seconds a drain may take before the trial counts as failed.
 DRAIN_TIMEOUT = 240.0
@@ -117,6 +117,111 @@ class TaskEnqueue(Case):
             for i in range(self.count):
                 self.dramatiq.send(i, -1, PAYLOAD)
         self._purge()
+        return sample
+
+    def teardown(self) -> None:
+        for closer in (getattr(self, "raw", None), getattr(self, "taskqueue", None)):
+            if closer is not None:
+                try:
+                    closer.close() if isinstance(closer, amqp.Connection) else closer.disconnect()
+                except Exception as err:  # a failed teardown must not hide the trial's error
+                    print(f"  teardown: {err}", file=sys.stderr)
+
+
+class TaskBulk(Case):
+    """A batch of tasks: ``group(...).apply_async()`` and ``submit_many`` vs raw pipelined confirms."""
+
+    name = "task_bulk"
+    title = "bulk task enqueue, confirmed (one batch)"
+
+    def setup(self, env: BenchEnv, *, quick: bool) -> None:
+        from benchmarks import tasks_celery
+        from kitty_tasks.runtime.taskqueue import TaskQueue
+
+        self.env = env
+        self.count = 500 if quick else 2000
+        self.clock = CpuClock(broker_pid())
+        self.app = tasks_celery.app
+        self.app.conf.broker_url = env.url
+        self.noop = tasks_celery.noop
+        self.taskqueue = TaskQueue(env.url, RESEARCH_TASKS).connect()
+        self.raw = env.amqp_connection()
+        self.raw_channel = self.raw.channel()
+        self.raw_channel.confirm_select()
+        self.raw_tags = 0
+        self.env.purge(BRAIN_COMMANDS, RESEARCH_TASKS)
+
+    def variants(self) -> list[Variant]:
+        return [
+            Variant("group.apply_async", self._group, platform=True),
+            Variant("TaskQueue.submit_many", self._submit_many, platform=True),
+            Variant("group, a confirm per task (before)", self._group_per_task, platform=True),
+            Variant("py-amqp pipelined confirms", self._raw),
+        ]
+
+    def targets(self) -> list[Target]:
+        return [
+            Target(
+                "group >= 0.7 x raw pipelined confirms",
+                "group.apply_async",
+                "py-amqp pipelined confirms",
+                threshold=0.7,
+            ),
+            Target(
+                "submit_many >= 0.7 x raw pipelined confirms",
+                "TaskQueue.submit_many",
+                "py-amqp pipelined confirms",
+                threshold=0.7,
+            ),
+        ]
+
+    def _group(self) -> Sample:
+        from celery import group
+
+        with measure(self.clock, self.count) as sample:
+            group(self.noop.s(i, -1, PAYLOAD) for i in range(self.count)).apply_async()
+        self.env.purge(BRAIN_COMMANDS)
+        return sample
+
+    def _group_per_task(self) -> Sample:
+        # A producer of the pool passed in: Celery's own path, one confirm wait per task,
+        # as every group was published before the batch path.
+        from celery import group
+
+        with (
+            measure(self.clock, self.count) as sample,
+            self.app.producer_pool.acquire(block=True) as producer,
+        ):
+            group(self.noop.s(i, -1, PAYLOAD) for i in range(self.count)).apply_async(
+                producer=producer
+            )
+        self.env.purge(BRAIN_COMMANDS)
+        return sample
+
+    def _submit_many(self) -> Sample:
+        with measure(self.clock, self.count) as sample:
+            self.taskqueue.submit_many([("bench_noop", PAYLOAD)] * self.count)
+        self.env.purge(RESEARCH_TASKS)
+        return sample
+
+    def _raw(self) -> Sample:
+        # Every publish in flight at once, then one wait for all the acks.
+        channel = self.raw_channel
+        acked: list[int] = []
+        with measure(self.clock, self.count) as sample:
+            channel.events["basic_ack"].add(lambda tag, multiple: acked.append(tag))
+            for i in range(self.count):
+                channel.basic_publish(
+                    amqp.Message(body(i), delivery_mode=2, content_type="application/json"),
+                    exchange=TASKS_EXCHANGE,
+                    routing_key=BRAIN_COMMANDS,
+                    mandatory=True,
+                )
+            self.raw_tags += self.count  # confirm tags count on across rounds
+            while not acked or max(acked) < self.raw_tags:
+                self.raw.drain_events(timeout=30)
+        channel.events["basic_ack"].clear()
+        self.env.purge(BRAIN_COMMANDS)
         return sample
 
     def teardown(self) -> None:

@@ -18,6 +18,7 @@ from kitty_tasks.core.errors import PayloadTooLarge, Permanent
 from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
+from kitty_tasks.runtime.application import KittyCelery
 from kitty_tasks.runtime.application import app as default_app
 from kitty_tasks.runtime.results import result_of, wait_for_result
 from kitty_tasks.runtime.sending import TaskBatch, messages_of, trimmed_repr
@@ -125,7 +126,9 @@ def worker_shape(prefetch_count: int | None, concurrency: int | None) -> tuple[i
 
 def build_app(url: str, handlers: dict[str, TaskHandler]) -> Celery:
     """A Celery app on ``url`` with the platform's settings and the dispatch task."""
-    app = Celery("kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask")
+    app = KittyCelery(
+        "kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask"
+    )
     app.config_from_object("celeryconfig")
     app.conf.broker_url = url
     register_dispatch(app, handlers)
