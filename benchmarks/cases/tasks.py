@@ -30,6 +30,8 @@ DRAIN_PROCESSES = 2
 #: Set (to anything) to also drain with DRAIN_PROCESSES single-process ``--pool solo`` workers;
 #: off by default: it adds ~2.5 minutes and lost to prefork (benchmarks/RESULTS.md, F4).
 SOLO_ENV = "BENCH_DRAIN_SOLO"
+#: Threads of the research worker's defaults (the Procfile's KITTY_RESEARCH_CONCURRENCY).
+RESEARCH_THREADS = 8
 
 
 class TaskEnqueue(Case):
@@ -64,6 +66,7 @@ class TaskEnqueue(Case):
         return [
             Variant("task.delay", self._delay, platform=True),
             Variant("TaskQueue.submit", self._submit, platform=True),
+            Variant("task.delay, Celery's publish (before)", self._delay_celery, platform=True),
             Variant("py-amqp confirm", self._raw),
             Variant("Dramatiq send", self._dramatiq),
         ]
@@ -89,6 +92,20 @@ class TaskEnqueue(Case):
         with measure(self.clock, self.count) as sample:
             for i in range(self.count):
                 self.noop.delay(i, -1, PAYLOAD)
+        self._purge()
+        return sample
+
+    def _delay_celery(self) -> Sample:
+        # A producer of the pool passed in: Celery's send_task and kombu's confirmed publish,
+        # the path every task took before the direct one (minus a pool acquire per call).
+        from benchmarks import tasks_celery
+
+        with (
+            measure(self.clock, self.count) as sample,
+            tasks_celery.app.producer_pool.acquire(block=True) as producer,
+        ):
+            for i in range(self.count):
+                self.noop.apply_async((i, -1, PAYLOAD), producer=producer)
         self._purge()
         return sample
 
@@ -129,7 +146,7 @@ class TaskEnqueue(Case):
 
 
 class TaskBulk(Case):
-    """A batch of tasks: ``group(...).apply_async()`` and ``submit_many`` vs raw pipelined confirms."""
+    """``group(...).apply_async()`` and ``submit_many`` of one batch vs raw pipelined confirms."""
 
     name = "task_bulk"
     title = "bulk task enqueue, confirmed (one batch)"
@@ -260,6 +277,8 @@ class TaskDrain(Case):
         )
         return [
             Variant("celery worker", self._celery, platform=True),
+            Variant("celery threads x8 (research default)", self._celery_threads, platform=True),
+            Variant("celery threads x8, events off", self._celery_threads_quiet, platform=True),
             *solo,
             Variant("Dramatiq, prefetch 1/process", self._dramatiq_prefetch1),
             Variant("Dramatiq, defaults", self._dramatiq),
@@ -275,6 +294,14 @@ class TaskDrain(Case):
             ),
             # Dramatiq out of the box: 8 threads and 16 unacked messages per process.
             Target("task drain >= Dramatiq (its defaults)", "celery worker", "Dramatiq, defaults"),
+            # The research queue's defaults (Procfile): one worker, 8 threads, prefetch 8, with
+            # a lifecycle event per finished task (KITTY_TASK_EVENTS, on by default).
+            Target(
+                "drain at research defaults >= 0.6 x Dramatiq (its defaults)",
+                "celery threads x8 (research default)",
+                "Dramatiq, defaults",
+                threshold=0.6,
+            ),
         ]
 
     @property
@@ -344,6 +371,16 @@ class TaskDrain(Case):
     def _celery(self) -> Sample:
         self._fill(BRAIN_COMMANDS, self._celery_messages())
         return self._drain(self._celery_command("--pool", "prefork", "-c", str(DRAIN_PROCESSES)))
+
+    def _celery_threads(self, env: dict[str, str] | None = None) -> Sample:
+        # The research worker of the Procfile: one process, RESEARCH_THREADS threads, and a
+        # prefetch of one message per thread (worker_prefetch_multiplier = 1).
+        self._fill(BRAIN_COMMANDS, self._celery_messages())
+        command = self._celery_command("--pool", "threads", "-c", str(RESEARCH_THREADS))
+        return self._drain(command, env=env)
+
+    def _celery_threads_quiet(self) -> Sample:
+        return self._celery_threads(env={"KITTY_TASK_EVENTS": "false"})
 
     def _celery_solo(self) -> Sample:
         # DRAIN_PROCESSES single-process workers: each runs tasks in its consuming process.

@@ -12,7 +12,7 @@ import pytest
 from celery import Task, group
 from kombu import Connection
 
-from events import TaskCompleted
+from events import EventBus, TaskCompleted
 from kitty_tasks import BatchRejected, TaskQueue
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.management import ManagementClient
@@ -67,9 +67,7 @@ def test_submit_many_overflowing_a_queue_names_the_refused_tasks(small_research:
     try:
         # When a batch of SMALL + 3 tasks is submitted at once
         with pytest.raises(BatchRejected) as caught:
-            queue.submit_many(
-                [("research_paper", {"query": f"q{i}"}) for i in range(SMALL + 3)]
-            )
+            queue.submit_many([("research_paper", {"query": f"q{i}"}) for i in range(SMALL + 3)])
     finally:
         queue.disconnect()
 
@@ -123,7 +121,6 @@ def test_every_task_of_a_group_retries_stores_its_result_and_reports_completion(
 ) -> None:
     # Given a subscriber to the research lifecycle events
     collector = Collector()
-    from events import EventBus  # noqa: PLC0415 - as the other lifecycle tests
 
     bus = EventBus(amqp_url, source=unique("batch-watcher"))
     bus.connect()

@@ -58,9 +58,7 @@ def test_priorities_are_served_highest_first_at_the_research_defaults(
 
         # When tasks of mixed priority are enqueued while it is busy
         for priority in (0, 9, 3, 7, 5):
-            tasks_for_tests.record_order.apply_async(
-                (str(order), str(priority)), priority=priority
-            )
+            tasks_for_tests.record_order.apply_async((str(order), str(priority)), priority=priority)
         # (none of them waits inside the worker: prefetch = threads, all running)
         assert queue_counts(amqp_url, RESEARCH_TASKS)[0] == 5
 
