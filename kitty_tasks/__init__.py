@@ -13,6 +13,8 @@ from kitty_tasks import _moved
 
 if TYPE_CHECKING:
     from kitty_tasks.core.errors import (
+        BatchRejected,
+        BatchTimeout,
         KittyError,
         PayloadTooLarge,
         Permanent,
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
     from kitty_tasks.runtime.taskqueue import TaskContext, TaskQueue
 
 __all__ = [
+    "BatchRejected",
+    "BatchTimeout",
     "KittyError",
     "PayloadTooLarge",
     "Permanent",
@@ -46,6 +50,8 @@ _LAZY = {
     "TaskQueue": "kitty_tasks.runtime.taskqueue",
     **dict.fromkeys(
         (
+            "BatchRejected",
+            "BatchTimeout",
             "KittyError",
             "PayloadTooLarge",
             "Permanent",

@@ -21,7 +21,7 @@ from benchmarks.harness import Case, Sample, Target, Variant, measure
 from benchmarks.payload import PAYLOAD, body
 from kitty_tasks.core.topology import BRAIN_COMMANDS, RESEARCH_TASKS, TASKS_EXCHANGE
 
-__all__ = ["TaskDrain", "TaskEnqueue"]
+__all__ = ["TaskBulk", "TaskDrain", "TaskEnqueue"]
 
 #: Seconds a drain may take before the trial counts as failed.
 DRAIN_TIMEOUT = 240.0
@@ -30,6 +30,8 @@ DRAIN_PROCESSES = 2
 #: Set (to anything) to also drain with DRAIN_PROCESSES single-process ``--pool solo`` workers;
 #: off by default: it adds ~2.5 minutes and lost to prefork (benchmarks/RESULTS.md, F4).
 SOLO_ENV = "BENCH_DRAIN_SOLO"
+#: Threads of the research worker's defaults (the Procfile's KITTY_RESEARCH_CONCURRENCY).
+RESEARCH_THREADS = 8
 
 
 class TaskEnqueue(Case):
@@ -64,6 +66,7 @@ class TaskEnqueue(Case):
         return [
             Variant("task.delay", self._delay, platform=True),
             Variant("TaskQueue.submit", self._submit, platform=True),
+            Variant("task.delay, Celery's publish (before)", self._delay_celery, platform=True),
             Variant("py-amqp confirm", self._raw),
             Variant("Dramatiq send", self._dramatiq),
         ]
@@ -89,6 +92,20 @@ class TaskEnqueue(Case):
         with measure(self.clock, self.count) as sample:
             for i in range(self.count):
                 self.noop.delay(i, -1, PAYLOAD)
+        self._purge()
+        return sample
+
+    def _delay_celery(self) -> Sample:
+        # A producer of the pool passed in: Celery's send_task and kombu's confirmed publish,
+        # the path every task took before the direct one (minus a pool acquire per call).
+        from benchmarks import tasks_celery
+
+        with (
+            measure(self.clock, self.count) as sample,
+            tasks_celery.app.producer_pool.acquire(block=True) as producer,
+        ):
+            for i in range(self.count):
+                self.noop.apply_async((i, -1, PAYLOAD), producer=producer)
         self._purge()
         return sample
 
@@ -128,6 +145,111 @@ class TaskEnqueue(Case):
                     print(f"  teardown: {err}", file=sys.stderr)
 
 
+class TaskBulk(Case):
+    """``group(...).apply_async()`` and ``submit_many`` of one batch vs raw pipelined confirms."""
+
+    name = "task_bulk"
+    title = "bulk task enqueue, confirmed (one batch)"
+
+    def setup(self, env: BenchEnv, *, quick: bool) -> None:
+        from benchmarks import tasks_celery
+        from kitty_tasks.runtime.taskqueue import TaskQueue
+
+        self.env = env
+        self.count = 500 if quick else 2000
+        self.clock = CpuClock(broker_pid())
+        self.app = tasks_celery.app
+        self.app.conf.broker_url = env.url
+        self.noop = tasks_celery.noop
+        self.taskqueue = TaskQueue(env.url, RESEARCH_TASKS).connect()
+        self.raw = env.amqp_connection()
+        self.raw_channel = self.raw.channel()
+        self.raw_channel.confirm_select()
+        self.raw_tags = 0
+        self.env.purge(BRAIN_COMMANDS, RESEARCH_TASKS)
+
+    def variants(self) -> list[Variant]:
+        return [
+            Variant("group.apply_async", self._group, platform=True),
+            Variant("TaskQueue.submit_many", self._submit_many, platform=True),
+            Variant("group, a confirm per task (before)", self._group_per_task, platform=True),
+            Variant("py-amqp pipelined confirms", self._raw),
+        ]
+
+    def targets(self) -> list[Target]:
+        return [
+            Target(
+                "group >= 0.7 x raw pipelined confirms",
+                "group.apply_async",
+                "py-amqp pipelined confirms",
+                threshold=0.7,
+            ),
+            Target(
+                "submit_many >= 0.7 x raw pipelined confirms",
+                "TaskQueue.submit_many",
+                "py-amqp pipelined confirms",
+                threshold=0.7,
+            ),
+        ]
+
+    def _group(self) -> Sample:
+        from celery import group
+
+        with measure(self.clock, self.count) as sample:
+            group(self.noop.s(i, -1, PAYLOAD) for i in range(self.count)).apply_async()
+        self.env.purge(BRAIN_COMMANDS)
+        return sample
+
+    def _group_per_task(self) -> Sample:
+        # A producer of the pool passed in: Celery's own path, one confirm wait per task,
+        # as every group was published before the batch path.
+        from celery import group
+
+        with (
+            measure(self.clock, self.count) as sample,
+            self.app.producer_pool.acquire(block=True) as producer,
+        ):
+            group(self.noop.s(i, -1, PAYLOAD) for i in range(self.count)).apply_async(
+                producer=producer
+            )
+        self.env.purge(BRAIN_COMMANDS)
+        return sample
+
+    def _submit_many(self) -> Sample:
+        with measure(self.clock, self.count) as sample:
+            self.taskqueue.submit_many([("bench_noop", PAYLOAD)] * self.count)
+        self.env.purge(RESEARCH_TASKS)
+        return sample
+
+    def _raw(self) -> Sample:
+        # Every publish in flight at once, then one wait for all the acks.
+        channel = self.raw_channel
+        acked: list[int] = []
+        with measure(self.clock, self.count) as sample:
+            channel.events["basic_ack"].add(lambda tag, multiple: acked.append(tag))
+            for i in range(self.count):
+                channel.basic_publish(
+                    amqp.Message(body(i), delivery_mode=2, content_type="application/json"),
+                    exchange=TASKS_EXCHANGE,
+                    routing_key=BRAIN_COMMANDS,
+                    mandatory=True,
+                )
+            self.raw_tags += self.count  # confirm tags count on across rounds
+            while not acked or max(acked) < self.raw_tags:
+                self.raw.drain_events(timeout=30)
+        channel.events["basic_ack"].clear()
+        self.env.purge(BRAIN_COMMANDS)
+        return sample
+
+    def teardown(self) -> None:
+        for closer in (getattr(self, "raw", None), getattr(self, "taskqueue", None)):
+            if closer is not None:
+                try:
+                    closer.close() if isinstance(closer, amqp.Connection) else closer.disconnect()
+                except Exception as err:  # a failed teardown must not hide the trial's error
+                    print(f"  teardown: {err}", file=sys.stderr)
+
+
 class TaskDrain(Case):
     """20,000 pre-enqueued no-op tasks drained by the platform's worker vs Dramatiq's."""
 
@@ -155,6 +277,8 @@ class TaskDrain(Case):
         )
         return [
             Variant("celery worker", self._celery, platform=True),
+            Variant("celery threads x8 (research default)", self._celery_threads, platform=True),
+            Variant("celery threads x8, events off", self._celery_threads_quiet, platform=True),
             *solo,
             Variant("Dramatiq, prefetch 1/process", self._dramatiq_prefetch1),
             Variant("Dramatiq, defaults", self._dramatiq),
@@ -170,6 +294,14 @@ class TaskDrain(Case):
             ),
             # Dramatiq out of the box: 8 threads and 16 unacked messages per process.
             Target("task drain >= Dramatiq (its defaults)", "celery worker", "Dramatiq, defaults"),
+            # The research queue's defaults (Procfile): one worker, 8 threads, prefetch 8, with
+            # a lifecycle event per finished task (KITTY_TASK_EVENTS, on by default).
+            Target(
+                "drain at research defaults >= 0.6 x Dramatiq (its defaults)",
+                "celery threads x8 (research default)",
+                "Dramatiq, defaults",
+                threshold=0.6,
+            ),
         ]
 
     @property
@@ -181,8 +313,10 @@ class TaskDrain(Case):
         out = []
         for i in range(self.count):
             task_id = str(uuid.uuid4())
+            # ignore_result as the task declares it (and its own apply_async sends it): the
+            # worker reads the message's flag, and stored results were most of the drain.
             headers, properties, task_body, _ = self.celery_app.amqp.as_task_v2(
-                task_id, "bench.noop", args=(i, self.count - 1, PAYLOAD)
+                task_id, "bench.noop", args=(i, self.count - 1, PAYLOAD), ignore_result=True
             )
             message = amqp.Message(
                 json.dumps(task_body).encode(),
@@ -239,6 +373,16 @@ class TaskDrain(Case):
     def _celery(self) -> Sample:
         self._fill(BRAIN_COMMANDS, self._celery_messages())
         return self._drain(self._celery_command("--pool", "prefork", "-c", str(DRAIN_PROCESSES)))
+
+    def _celery_threads(self, env: dict[str, str] | None = None) -> Sample:
+        # The research worker of the Procfile: one process, RESEARCH_THREADS threads, and a
+        # prefetch of one message per thread (worker_prefetch_multiplier = 1).
+        self._fill(BRAIN_COMMANDS, self._celery_messages())
+        command = self._celery_command("--pool", "threads", "-c", str(RESEARCH_THREADS))
+        return self._drain(command, env=env)
+
+    def _celery_threads_quiet(self) -> Sample:
+        return self._celery_threads(env={"KITTY_TASK_EVENTS": "false"})
 
     def _celery_solo(self) -> Sample:
         # DRAIN_PROCESSES single-process workers: each runs tasks in its consuming process.

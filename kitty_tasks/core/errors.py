@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "BatchRejected",
+    "BatchTimeout",
     "BrokerUnavailable",
     "ConfigurationError",
     "InvalidInput",
@@ -52,6 +54,28 @@ class PublishRejected(PublishError):
         self.queue = queue
 
 
+class BatchRejected(PublishRejected):
+    """Some messages of a batch were nacked or returned; says which, and which were confirmed.
+
+    ``refused``: ids the broker nacked; ``unroutable``: ids no queue took;
+    ``confirmed``: ids the broker confirmed and kept (only these were sent).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        refused: list[str],
+        unroutable: list[str],
+        confirmed: list[str],
+        queue: str | None = None,
+    ) -> None:
+        super().__init__(message, queue=queue)
+        self.refused = refused
+        self.unroutable = unroutable
+        self.confirmed = confirmed
+
+
 class Unroutable(PublishError):
     """No queue is bound for the message's routing key (basic.return)."""
 
@@ -67,6 +91,15 @@ class PayloadTooLarge(PublishError, ValueError):
 
 class PublishTimeout(PublishError, TimeoutError):
     """The broker did not confirm in time (e.g. a memory or disk alarm blocks publishers)."""
+
+
+class BatchTimeout(PublishTimeout):
+    """Confirms of a batch did not all come in time; says which messages were confirmed."""
+
+    def __init__(self, message: str, *, unconfirmed: list[str], confirmed: list[str]) -> None:
+        super().__init__(message)
+        self.unconfirmed = unconfirmed
+        self.confirmed = confirmed
 
 
 class Permanent(KittyError):

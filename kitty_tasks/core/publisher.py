@@ -49,6 +49,8 @@ class PublishResult:
     confirmed: list[str] = field(default_factory=list)
     nacked: list[str] = field(default_factory=list)
     returned: list[str] = field(default_factory=list)
+    #: With ``report_timeout``: ids whose confirm had not come when the wait timed out.
+    unconfirmed: list[str] = field(default_factory=list)
 
 
 class ConfirmedPublisher:
@@ -118,13 +120,15 @@ class ConfirmedPublisher:
         allow_unroutable: bool = False,
         timeout: float | None = None,
         check: bool = True,
+        report_timeout: bool = False,
     ) -> PublishResult:
         """Publish ``messages`` and wait once for all their confirms.
 
         Raises ``PublishRejected`` on any nack, ``Unroutable`` on any basic.return
         (unless ``allow_unroutable``), ``PublishTimeout`` when confirms do not come.
         With ``check=False`` nacks and returns are only reported in the result, for a
-        caller that answers each message on its own.
+        caller that answers each message on its own. With ``report_timeout`` (and
+        ``check=False``) a timeout is reported in ``unconfirmed`` instead of raised.
         """
         channel = self._open()
         self._acked.clear()
@@ -135,11 +139,19 @@ class ConfirmedPublisher:
             self._write(channel, messages, ids)
         finally:
             self._frames.pending = []
-        self._wait(set(ids), timeout if timeout is not None else self.confirm_timeout)
+        unconfirmed: list[str] = []
+        try:
+            self._wait(set(ids), timeout if timeout is not None else self.confirm_timeout)
+        except PublishTimeout:
+            if check or not report_timeout:
+                raise
+            settled = self._acked | self._nacked
+            unconfirmed = [m.message_id for t, m in sorted(ids.items()) if t not in settled]
         result = PublishResult(
             confirmed=[ids[t].message_id for t in sorted(self._acked & ids.keys())],
             nacked=[ids[t].message_id for t in sorted(self._nacked & ids.keys())],
             returned=sorted(self._returned),
+            unconfirmed=unconfirmed,
         )
         if not check:
             return result

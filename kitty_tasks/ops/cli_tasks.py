@@ -7,14 +7,14 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from celery import states
 from kombu.exceptions import OperationalError
 
 from kitty_tasks.core.connection import connected, safe_url
-from kitty_tasks.core.errors import KittyError, TaskFailed
+from kitty_tasks.core.errors import BatchRejected, KittyError, TaskFailed
 from kitty_tasks.core.topology import MAX_PRIORITY
 from kitty_tasks.ops.cli_dlq import operator_errors
 from kitty_tasks.ops.cli_format import echo_json, json_list, json_object
@@ -128,8 +128,104 @@ def _check_call(task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
         raise BadCall(f"{task.name} cannot take these arguments: {err}") from err
 
 
+def _known(app: Any, task_name: Any) -> None:
+    """``ClickException`` unless ``task_name`` is a task of the app (not one of Celery's)."""
+    if (
+        not isinstance(task_name, str)
+        or task_name not in app.tasks
+        or task_name.startswith("celery.")
+    ):
+        known = sorted(name for name in app.tasks if not name.startswith("celery."))
+        raise click.ClickException(f"unknown task {task_name!r}; known: {', '.join(known)}")
+
+
+def _options(priority: int | None, queue: str | None) -> dict[str, Any]:
+    """Publish options of one task: no publish retries; priority and queue when given."""
+    options: dict[str, Any] = {"retry": False}
+    if priority is not None:
+        options["priority"] = priority
+    if queue is not None:
+        options["queue"] = queue
+    return options
+
+
+def _file_calls(
+    app: Any, lines: TextIO, task_name: str | None, priority: int | None, queue: str | None
+) -> list[tuple[str, list[Any], dict[str, Any], dict[str, Any]]]:
+    """(task, args, kwargs, options) of each JSONL line, all checked; ``BadCall`` names the line."""
+    calls = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as err:
+            raise BadCall(f"line {number}: not JSON: {err}") from err
+        if not isinstance(entry, dict):
+            raise BadCall(f"line {number}: expected a JSON object, got {line.strip()[:80]}")
+        name = entry.get("task", task_name)
+        args, kwargs = entry.get("args", []), entry.get("kwargs", {})
+        level = entry.get("priority", priority)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise BadCall(f"line {number}: args must be a list and kwargs an object")
+        if level is not None and (
+            isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= MAX_PRIORITY
+        ):
+            raise BadCall(f"line {number}: priority must be an integer 0-{MAX_PRIORITY}")
+        try:
+            _known(app, name)
+            _check_call(app.tasks[name], args, kwargs)
+        except click.ClickException as err:
+            raise BadCall(f"line {number}: {err.message}") from err
+        calls.append((str(name), args, kwargs, _options(level, entry.get("queue", queue))))
+    return calls
+
+
+def _submit_file(
+    app: Any,
+    url: str,
+    calls: list[tuple[str, list[Any], dict[str, Any], dict[str, Any]]],
+    *,
+    as_json: bool,
+) -> None:
+    """Submit every task of a JSONL file in one batch; print each id, or what was refused."""
+    from kitty_tasks.runtime.sending import batch_on  # noqa: PLC0415 - loads Celery
+
+    with operator_errors(), connected(url):
+        pass  # fail with one clear line before Celery's own connection retries
+    results: list[Any] = []
+    try:
+        with app.connection_for_write(url) as connection, batch_on(app, connection):
+            for name, args, kwargs, options in calls:
+                results.append(app.tasks[name].apply_async(args, kwargs, **options))
+    except BatchRejected as err:
+        if as_json:
+            echo_json({"refused": err.refused, "unroutable": err.unroutable,
+                       "confirmed": err.confirmed})  # fmt: skip
+        else:
+            for task_id in err.confirmed:
+                click.echo(f"submitted {task_id}")
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(EXIT_FAILED)
+    except (KittyError, OperationalError) as err:
+        raise click.ClickException(f"cannot submit the tasks of the file: {err}") from err
+    submitted = [
+        {"task_id": r.id, "task": name} for r, (name, *_) in zip(results, calls, strict=True)
+    ]
+    if as_json:
+        echo_json(submitted)
+    else:
+        for item in submitted:
+            click.echo(f"submitted {item['task']} as {item['task_id']}")
+
+
 @tasks.command("submit")
-@click.argument("task_name")
+@click.argument("task_name", required=False)
+@click.option(
+    "--from-file", "from_file", type=click.File("r"), default=None, metavar="PATH",
+    help="Submit every line of a JSONL file ({\"task\", \"args\", \"kwargs\", \"priority\", "
+    "\"queue\"}; '-' reads stdin) with one confirm wait.",
+)  # fmt: skip
 @click.option("--args", "args_text", default="[]", help="Positional arguments as a JSON list.")
 @click.option("--kwargs", "kwargs_text", default="{}", help="Keyword arguments as a JSON object.")
 @click.option(
@@ -142,7 +238,8 @@ def _check_call(task: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
 def tasks_submit(
     ctx: click.Context,
     *,
-    task_name: str,
+    task_name: str | None,
+    from_file: TextIO | None,
     args_text: str,
     kwargs_text: str,
     priority: int | None,
@@ -153,22 +250,25 @@ def tasks_submit(
     """Publish TASK_NAME (e.g. research.paper) with JSON arguments; --wait for its result.
 
     Exit codes with --wait are those of ``tasks result``; 2 when the task cannot take
-    the arguments (nothing is published).
+    the arguments (nothing is published). With --from-file, every line is checked before
+    any is published; exit 1 when the broker refused some (the confirmed ones are listed).
     """
-    args = json_list(args_text, "--args")
-    kwargs = json_object(kwargs_text, "--kwargs")
     app = _app()
     url = ctx.obj["url"]
     app.loader.import_default_modules()
-    known = sorted(name for name in app.tasks if not name.startswith("celery."))
-    if task_name not in app.tasks or task_name.startswith("celery."):
-        raise click.ClickException(f"unknown task {task_name!r}; known: {', '.join(known)}")
+    if from_file is not None:
+        if wait is not None:
+            raise BadCall("--wait reads one task's result; use `tasks result` per id")
+        calls = _file_calls(app, from_file, task_name, priority, queue)
+        _submit_file(app, url, calls, as_json=as_json)
+        return
+    if task_name is None:
+        raise BadCall("give TASK_NAME or --from-file")
+    args = json_list(args_text, "--args")
+    kwargs = json_object(kwargs_text, "--kwargs")
+    _known(app, task_name)
     _check_call(app.tasks[task_name], args, kwargs)
-    options: dict[str, Any] = {"retry": False}
-    if priority is not None:
-        options["priority"] = priority
-    if queue is not None:
-        options["queue"] = queue
+    options = _options(priority, queue)
     with operator_errors(), connected(url):
         pass  # fail with one clear line before Celery's own connection retries
     try:

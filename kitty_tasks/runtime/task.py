@@ -34,6 +34,7 @@ from kitty_tasks.runtime.ladder import (
     publish_finished,
 )
 from kitty_tasks.runtime.lifecycle_data import check_lifecycle_options
+from kitty_tasks.runtime.sending import send, trimmed_repr
 
 __all__ = ["DEAD_LETTERED", "DEAD_LETTER_FAILED", "RETRY_ANY", "KittyTask"]
 
@@ -113,15 +114,20 @@ class KittyTask(Task):  # type: ignore[misc]
         sender = self.app.amqp
         if "argsrepr" not in options:
             task_args = args[0] if args else options.get("args")
-            options["argsrepr"] = _trimmed_repr(tuple(task_args or ()), sender.argsrepr_maxsize)
+            options["argsrepr"] = trimmed_repr(tuple(task_args or ()), sender.argsrepr_maxsize)
         if "kwargsrepr" not in options:
             task_kwargs = args[1] if len(args) > 1 else options.get("kwargs")
-            options["kwargsrepr"] = _trimmed_repr(task_kwargs or {}, sender.kwargsrepr_maxsize)
+            options["kwargsrepr"] = trimmed_repr(task_kwargs or {}, sender.kwargsrepr_maxsize)
         _check_size(
             self.name,
             args[0] if args else options.get("args"),
             args[1] if len(args) > 1 else options.get("kwargs"),
         )
+        # Celery's message, routed from a cache and confirmed through the core's publisher;
+        # collected instead inside a group or submit_many (one confirm wait per batch).
+        sent = send(self, args, options)
+        if sent is not None:
+            return sent
         started = time.monotonic()
         token = PUBLISHING.set((options.get("expiration"),))
         try:
@@ -276,12 +282,6 @@ class KittyTask(Task):  # type: ignore[misc]
 def _queue_name(queue: Any) -> str:
     """The name of a ``queue=`` option, given as a name or as a kombu ``Queue``."""
     return str(getattr(queue, "name", queue) or "")
-
-
-def _trimmed_repr(value: Any, limit: int) -> str:
-    """``repr(value)`` cut to ``limit`` characters, as Flower shows task arguments."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:

@@ -6,7 +6,7 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -18,8 +18,10 @@ from kitty_tasks.core.errors import PayloadTooLarge, Permanent
 from kitty_tasks.core.offload import Offload
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_MAX_RETRIES, MAX_PRIORITY, TASK_QUEUES
+from kitty_tasks.runtime.application import KittyCelery
 from kitty_tasks.runtime.application import app as default_app
 from kitty_tasks.runtime.results import result_of, wait_for_result
+from kitty_tasks.runtime.sending import TaskBatch, messages_of, trimmed_repr
 from kitty_tasks.runtime.task import RETRY_ANY
 
 __all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
@@ -28,6 +30,8 @@ __all__ = ["DISPATCH_TASK", "TaskContext", "TaskQueue", "worker_shape"]
 DISPATCH_TASK = "kitty.dispatch"
 
 TaskHandler = Callable[["TaskContext"], Any]
+#: One task for ``submit_many``: (task_type, data), or a dict of ``submit``'s arguments.
+SubmitItem = tuple[str, dict[str, Any]] | dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,31 @@ def register_dispatch(app: Celery, handlers: dict[str, TaskHandler]) -> None:
         return handler(context)
 
 
+def _checked(task_type: Any, data: Any, priority: Any, max_retries: Any) -> int:
+    """``submit``'s checks of one task; the retries it may take."""
+    if not isinstance(task_type, str) or not task_type:
+        raise ValueError("task_type must be a non-empty string")
+    if not isinstance(data, dict):
+        raise TypeError(f"data must be a JSON object (dict), got {type(data).__name__}")
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not 0 <= priority <= MAX_PRIORITY
+    ):
+        raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY}, got {priority!r}")
+    retries = get_settings().max_retries if max_retries is None else max_retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    try:
+        size = len(json.dumps(data, allow_nan=False).encode())
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"data is not JSON-serialisable: {err}") from err
+    limit = get_settings().max_message_bytes
+    if size > limit:
+        raise PayloadTooLarge(f"task data is {size} bytes, over KITTY_MAX_MESSAGE_BYTES={limit}")
+    return int(retries)
+
+
 def worker_shape(prefetch_count: int | None, concurrency: int | None) -> tuple[int, int]:
     """(threads, Celery prefetch multiplier) for ``start_worker``; ``ValueError`` if impossible."""
     for name, value in (("prefetch_count", prefetch_count), ("concurrency", concurrency)):
@@ -97,7 +126,9 @@ def worker_shape(prefetch_count: int | None, concurrency: int | None) -> tuple[i
 
 def build_app(url: str, handlers: dict[str, TaskHandler]) -> Celery:
     """A Celery app on ``url`` with the platform's settings and the dispatch task."""
-    app = Celery("kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask")
+    app = KittyCelery(
+        "kitty_tasks.runtime.taskqueue", task_cls="kitty_tasks.runtime.task:KittyTask"
+    )
     app.config_from_object("celeryconfig")
     app.conf.broker_url = url
     register_dispatch(app, handlers)
@@ -153,28 +184,7 @@ class TaskQueue:
         max_retries: int | None = None,
     ) -> str:
         """Publish a task (confirmed by the broker) and return its id."""
-        if not isinstance(task_type, str) or not task_type:
-            raise ValueError("task_type must be a non-empty string")
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a JSON object (dict), got {type(data).__name__}")
-        if (
-            isinstance(priority, bool)
-            or not isinstance(priority, int)
-            or not 0 <= priority <= MAX_PRIORITY
-        ):
-            raise ValueError(f"priority must be an integer 0-{MAX_PRIORITY}, got {priority!r}")
-        retries = get_settings().max_retries if max_retries is None else max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        try:
-            size = len(json.dumps(data, allow_nan=False).encode())
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"data is not JSON-serialisable: {err}") from err
-        limit = get_settings().max_message_bytes
-        if size > limit:
-            raise PayloadTooLarge(
-                f"task data is {size} bytes, over KITTY_MAX_MESSAGE_BYTES={limit}"
-            )
+        retries = _checked(task_type, data, priority, max_retries)
         task_id = str(uuid.uuid4())
         with self._publishing:
             self.connect()
@@ -187,6 +197,59 @@ class TaskQueue:
                 connection=self._connection,
             )
         return task_id
+
+    def submit_many(self, tasks: Iterable[SubmitItem]) -> list[str]:
+        """Publish many tasks with one confirm wait; their ids, in order, once all are confirmed.
+
+        Each item is ``(task_type, data)`` or a dict of ``submit``'s arguments. Every item is
+        checked before anything is sent. Raises ``BatchRejected`` naming the refused task ids
+        (e.g. the queue filled up) and the confirmed ones, ``BatchTimeout`` when confirms
+        did not all come in time.
+        """
+        task = self.app.tasks[DISPATCH_TASK]
+        builder = messages_of(self.app)
+        limit = self.app.amqp.kwargsrepr_maxsize
+        options: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for item in tasks:
+            call = (
+                dict(item)
+                if isinstance(item, dict)
+                else dict(zip(("task_type", "data"), item, strict=True))
+            )
+            unknown = set(call) - {"task_type", "data", "priority", "max_retries"}
+            if unknown or "task_type" not in call or "data" not in call:
+                raise ValueError(
+                    f"a task to submit is (task_type, data) or a dict of submit's arguments, "
+                    f"got {item!r}"
+                )
+            priority = call.get("priority", 0)
+            retries = _checked(call["task_type"], call["data"], priority, call.get("max_retries"))
+            kwargs = {"task_type": call["task_type"], "data": call["data"]}
+            options.append(
+                (
+                    kwargs,
+                    {
+                        "queue": self.queue,
+                        "priority": priority,
+                        "headers": {H_MAX_RETRIES: retries},
+                        "argsrepr": "()",
+                        "kwargsrepr": trimmed_repr(kwargs, limit),
+                    },
+                )
+            )
+        with self._publishing:
+            self.connect()
+            assert self._connection is not None  # connect() set it
+            batch = TaskBatch(self.app, self._connection)
+            for kwargs, publish in options:
+                built = builder.build(task, (), kwargs, publish)
+                assert built is not None  # every option above is one the builder handles
+                batch.add(built)
+            return batch.flush()
+
+    async def asubmit_many(self, tasks: Iterable[SubmitItem]) -> list[str]:
+        """``submit_many`` for coroutines: the ids once the broker confirmed every task."""
+        return await self._submitter.run(self.submit_many, list(tasks))
 
     async def asubmit(
         self,

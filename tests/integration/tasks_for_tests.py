@@ -101,3 +101,11 @@ def quiet(self: Any, label: str) -> str:
 def big_result(self: Any, size: int) -> str:
     """Return a string of ``size`` characters: too large to ride in a lifecycle event."""
     return "x" * size
+
+
+@app.task(name="research.hold", bind=True)
+def hold(self: Any, path: str, gate: str) -> str:
+    """Record a start, then block until someone opens and closes the FIFO ``gate``."""
+    _record(path, "start")
+    Path(gate).read_text()  # opening a FIFO blocks until a writer opens it; EOF when it closes
+    return gate

@@ -210,11 +210,16 @@ def test_every_broker_loads_the_exported_accounts(compose: str, conf: str) -> No
 def test_workers_serve_each_task_queue_with_metrics() -> None:
     all_services = services(COMPOSE_DIR / "docker-compose.yml")
     served = set()
-    for name in ("research-worker", "cad-worker", "brain-worker"):
+    # Each queue's pool fits its work (README, "Worker defaults per queue"), as the Procfile's.
+    pools = {"research-worker": "threads", "cad-worker": "prefork", "brain-worker": "prefork"}
+    procfile = (COMPOSE_DIR.parent / "Procfile").read_text()
+    for name, pool in pools.items():
         service = all_services[name]
         command = service["command"]
         assert command[:4] == ["celery", "-A", "kitty_tasks", "worker"]
-        assert command[command.index("--pool") + 1] == "prefork"
+        assert command[command.index("--pool") + 1] == pool
+        queue = command[command.index("-Q") + 1]
+        assert f"-Q {queue} -n {name.split('-')[0]}@%h --pool {pool} " in procfile
         served.add(command[command.index("-Q") + 1])
         port = service["environment"]["KITTY_METRICS_PORT"]
         assert port in service["expose"]
