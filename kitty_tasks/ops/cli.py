@@ -15,7 +15,7 @@ from kitty_tasks.core.topology import QueueType, build_topology, definitions_jso
 from kitty_tasks.ops.cli_access import access
 from kitty_tasks.ops.cli_console import console
 from kitty_tasks.ops.cli_dlq import dlq
-from kitty_tasks.ops.cli_format import management_client, report_differences
+from kitty_tasks.ops.cli_format import management_client, report_differences, write_output
 from kitty_tasks.ops.cli_ops import health, metrics
 from kitty_tasks.ops.cli_replay import replay
 from kitty_tasks.ops.cli_tasks import tasks
@@ -121,12 +121,7 @@ def topology_export(output: Path | None, profile: str, queue_type: str) -> None:
         )
     output = output or DEFINITIONS_PATHS[chosen]
     text = definitions_json(build_topology(event_queue_type=QueueType(queue_type), profile=chosen))
-    if str(output) == "-":
-        click.echo(text, nl=False)
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    click.echo(f"wrote {output}")
+    write_output(text, output)
 
 
 @topology.command("picture")
@@ -143,12 +138,7 @@ def topology_picture(output: Path) -> None:
     from kitty_tasks.ops.console.picture import topology_svg  # noqa: PLC0415
 
     text = topology_svg(build_topology())  # the classic profile: the one the README shows
-    if str(output) == "-":
-        click.echo(text, nl=False)
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
-    click.echo(f"wrote {output}")
+    write_output(text, output)
 
 
 @topology.command("verify")

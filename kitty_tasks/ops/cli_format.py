@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +21,7 @@ __all__ = [
     "report_differences",
     "table",
     "truncate",
+    "write_output",
 ]
 
 
@@ -48,6 +50,16 @@ def json_list(text: str, option: str) -> list[Any]:
 def management_client(ctx: click.Context) -> ManagementClient:
     """Management API client for the command's broker (same user and password)."""
     return ManagementClient.from_urls(ctx.obj["management_url"], ctx.obj["url"])
+
+
+def write_output(text: str, output: Path) -> None:
+    """Write ``text`` to ``output`` (``-``: standard output) and say where it went."""
+    if str(output) == "-":
+        click.echo(text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    click.echo(f"wrote {output}")
 
 
 def report_differences(
