@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration integration-rabbitmq4 rabbitmq4 reliability lint typecheck demo bench broker topology clean
+.PHONY: run test test-services unit integration integration-rabbitmq4 rabbitmq4 reliability lint typecheck demo bench broker topology clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ broker:
 rabbitmq4:
 	./scripts/rabbitmq4.sh start
 
+# Redis, PostgreSQL, chromium, the broker's plugins and the RabbitMQ 4 node.
+test-services: broker
+	./scripts/ensure-test-services.sh
+
 topology: $(STAMP) broker
 	$(BIN)/kitty-tasks topology apply
 
@@ -29,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/python -m kitty_tasks.ops.demo
 
 # Root is needed for the RabbitMQ 4.x chroot; `make unit` and `make integration` need none.
-test: $(STAMP) broker rabbitmq4
+test: $(STAMP) broker test-services
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
