@@ -5,27 +5,24 @@ after the result is stored and after the task's own ``on_success``/``on_failure`
 rejected task whose dead-letter copy could not be published is reported from
 ``task_postrun``. Eager and direct calls publish nothing, nor do retries.
 
-Each worker process has one ``EventBus`` (one confirm channel), made on first use, so a
-prefork child makes its own after the fork; its pipeline's thread publishes what the
-pool's threads hand over in batches, and each task waits for its event's confirm at most
-``KITTY_TASK_EVENTS_TIMEOUT`` seconds. A failure is
+Events go out on the Celery app's own producer pool (each process, prefork children
+included, has its own), confirmed by the app's ``confirm_publish``; the task waits for
+the confirm at most ``KITTY_TASK_EVENTS_TIMEOUT`` seconds. A failure is
 logged and counted, never raised: the task's own outcome and its ack stand.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
-import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from celery import signals
 from celery.states import REJECTED
 
-from events.bus import EventBus
+from events.publishing import build_event, encode, end_sends, start_sends
+from events.schemas import default_registry
 from events.task_events import (
     TASK_COMPLETED,
     TASK_DEAD_LETTERED,
@@ -38,7 +35,7 @@ from kitty_tasks.core.settings import get_settings
 from kitty_tasks.runtime.lifecycle_data import error_data, summarise_result, task_domain
 from kitty_tasks.runtime.task import DEAD_LETTER_FAILED, DEAD_LETTERED
 
-__all__ = ["LifecyclePublisher", "lifecycle_enabled", "publisher"]
+__all__ = ["LifecyclePublisher", "lifecycle_enabled"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,83 +60,55 @@ def lifecycle_enabled(task: Any) -> bool:
 
 
 class LifecyclePublisher:
-    """This process's lifecycle publishing: one ``EventBus``, its events confirmed in batches."""
+    """This process's lifecycle publishing, through the Celery app's own producer pool."""
 
-    def __init__(self, url: str, source: str) -> None:
-        self.url = url
+    # Celery's producer pool, not a connection of our own: a worker process that opened
+    # sockets of its own while its consumer reconnected (a broker restart) stopped
+    # consuming for good, its hub stuck on a reused descriptor (test_broker_crash). The
+    # pool's connections are the ones Celery itself publishes on from task threads
+    # (retries, chains), confirmed by the app's ``confirm_publish``.
+
+    def __init__(self, app: Any, source: str) -> None:
+        self.app = app
         self.source = source
-        self.pid = os.getpid()
-        self._bus: EventBus | None = None
-        self._opening = threading.Lock()
 
     def publish(self, event_type: str, data: dict[str, Any], correlation_id: str | None) -> None:
-        """Publish and wait for the confirm, ``KITTY_TASK_EVENTS_TIMEOUT`` at most; raises."""
-        timeout = get_settings().task_events_timeout
-        # The bus's pipeline: the events of tasks finishing at once on a threads pool share
-        # one confirm wait (one at a time, eight threads queued behind each confirm and
-        # halved the drain). Called from the task's thread, so a traced event's send is a
-        # child of the task's run.
-        sent = self._open(timeout).publish_pipelined(event_type, data, correlation_id)
+        """Publish, confirmed, within ``KITTY_TASK_EVENTS_TIMEOUT``; raises on failure."""
+        settings = get_settings()
+        event = build_event(
+            event_type,
+            data,
+            source=self.source,
+            version=default_registry.latest(event_type) or 1,
+            registry=default_registry,
+            correlation_id=correlation_id,
+        )
+        (event,), sends = start_sends([event])
         try:
-            sent.result(timeout=timeout)
-        except FutureTimeout:
-            sent.cancel()  # if its batch has not gone out; one in flight may still arrive
-            raise TimeoutError(
-                f"no confirm within {timeout:g}s (KITTY_TASK_EVENTS_TIMEOUT)"
-            ) from None
-
-    def _open(self, timeout: float) -> EventBus:
-        with self._opening:
-            if self._bus is None:
-                self._bus = EventBus(
-                    self.url,
-                    source=self.source,
-                    publish_timeout=timeout,
-                    pool_limit=1,  # the pipeline's one thread publishes
-                    allow_unroutable=True,  # no subscriber is no error: the task ended anyway
-                    declare=False,
-                ).connect(max_retries=0)
-            return self._bus
-
-    def close(self) -> None:
-        """Close the bus: its publishing thread stops and its connection closes."""
-        with self._opening:
-            bus, self._bus = self._bus, None
-        if bus is not None:
-            bus.disconnect()
-
-
-_lock = threading.Lock()
-#: broker URL -> this process's publisher to it (one, unless apps of several brokers run here).
-_publishers: dict[str, LifecyclePublisher] = {}
-
-
-def publisher(url: str, source: str) -> LifecyclePublisher:
-    """This process's publisher to ``url``, made on first use (after a prefork child's fork)."""
-    with _lock:
-        current = _publishers.get(url)
-        if current is not None and current.pid != os.getpid():
-            # Inherited through fork: its socket is the parent's, so it is left alone.
-            current = None
-        if current is None:
-            current = _publishers[url] = LifecyclePublisher(url, source)
-        return current
-
-
-def _close_publishers(**_: Any) -> None:
-    """Close this process's publishers (the worker or a pool child is shutting down)."""
-    with _lock:
-        closing = list(_publishers.values())
-        _publishers.clear()
-    for current in closing:
-        if current.pid == os.getpid():
-            current.close()
+            message = encode(event, {}, max_bytes=settings.max_message_bytes)
+            properties = dict(message.properties)
+            headers = properties.pop("application_headers", None)
+            with self.app.producer_pool.acquire(
+                block=True, timeout=settings.task_events_timeout
+            ) as producer:
+                producer.publish(
+                    message.body,
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    headers=headers,
+                    retry=False,  # a broker that is down fails this event, not the task
+                    declare=[],
+                    timeout=settings.task_events_timeout,
+                    **properties,
+                )
+        except BaseException as err:
+            end_sends(sends, err)
+            raise
+        end_sends(sends)
 
 
 def _forget_inherited(**_: Any) -> None:
-    """A fresh pool child starts without its parent's publishers."""
-    with _lock:
-        _publishers.clear()
+    """A fresh pool child starts without its parent's run start times."""
     _started.clear()
 
 
@@ -172,8 +141,9 @@ def _publish(task: Any, task_id: str, outcome: str, fields: dict[str, Any]) -> N
             **fields,
         }
         source = str(request.hostname or f"kitty-worker@{socket.gethostname()}")
-        url = str(task.app.conf.broker_url or get_settings().rabbitmq_url)
-        publisher(url, source).publish(event_type, data, request.correlation_id or task_id)
+        LifecyclePublisher(task.app, source).publish(
+            event_type, data, request.correlation_id or task_id
+        )
     except Exception as err:  # never the task's failure: it has ended and is being acked
         logger.warning(LOG_NOT_PUBLISHED, task.name, task_id, event_type, str(err) or repr(err))
         TASK_EVENTS_FAILED.labels(event_type=event_type).inc()
@@ -227,5 +197,3 @@ signals.task_success.connect(_on_success, weak=False)
 signals.task_failure.connect(_on_failure, weak=False)
 signals.task_postrun.connect(_on_postrun, weak=False)
 signals.worker_process_init.connect(_forget_inherited, weak=False)
-signals.worker_process_shutdown.connect(_close_publishers, weak=False)
-signals.worker_shutdown.connect(_close_publishers, weak=False)
