@@ -17,7 +17,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-#: The machine's servers; CI (.ci/run) makes sure both run.
+#: The machine's servers; `make test` (scripts/ensure-test-services.sh) makes sure both run.
 POSTGRES_URL = os.environ.get(
     "KITTY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
