@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from celery import Celery
 from celery.exceptions import MaxRetriesExceededError
-from kombu import Connection
 
 from kitty_tasks.core.errors import InvalidInput, Permanent
 
@@ -18,20 +16,6 @@ UNREACHABLE = "amqp://guest:guest@127.0.0.1:1//"
 
 class ExpectedError(Exception):
     """The error the test tasks raise."""
-
-
-@pytest.fixture
-def no_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Record (and refuse) every broker connection attempt made while the test runs."""
-    attempts: list[str] = []
-
-    def refuse(self: Connection, *args: Any, **kwargs: Any) -> None:
-        attempts.append(self.as_uri())
-        raise AssertionError(f"a broker connection was opened to {self.as_uri()}")
-
-    monkeypatch.setattr(Connection, "_establish_connection", refuse)
-    yield attempts
-    assert attempts == []
 
 
 @pytest.fixture

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from celery import Celery
-from kombu import Connection
 
 from events import Event, TaskCompleted, TaskFailed, default_registry, task_event_type
 from kitty_tasks.core.errors import ConfigurationError
@@ -105,20 +101,6 @@ def test_the_lifecycle_schemas_are_registered_for_the_builtin_domains() -> None:
         assert default_registry.model_for(task_event_type(domain, "dead_lettered"), 1) is TaskFailed
     with pytest.raises(ValueError, match="outcome must be one of"):
         task_event_type("research", "retried")
-
-
-@pytest.fixture
-def no_broker(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Record (and refuse) every broker connection attempt made while the test runs."""
-    attempts: list[str] = []
-
-    def refuse(self: Connection, *args: Any, **kwargs: Any) -> None:
-        attempts.append(self.as_uri())
-        raise AssertionError(f"a broker connection was opened to {self.as_uri()}")
-
-    monkeypatch.setattr(Connection, "_establish_connection", refuse)
-    yield attempts
-    assert attempts == []
 
 
 def test_eager_runs_publish_no_lifecycle_event(no_broker: list[str]) -> None:
