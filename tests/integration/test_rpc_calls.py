@@ -24,6 +24,9 @@ from tests.integration.rpc_support import service_name, serving
 
 pytestmark = pytest.mark.rabbitmq
 
+#: "At once": far below the calls' own timeouts (10 s and more), whatever the machine's load.
+AT_ONCE = 2.0
+
 #: Seconds a handler waits for a second one to overlap it before giving up.
 OVERLAP_DEADLINE = 30.0
 
@@ -149,14 +152,16 @@ def test_named_methods_with_pydantic_models(amqp_url: str, client: RPCClient) ->
             client.call(service, {}, timeout=5)
 
 
-def test_no_server_raises_no_route_in_milliseconds(client: RPCClient) -> None:
+def test_no_server_raises_no_route_at_once(client: RPCClient) -> None:
     service = service_name("nobody")
     before = _latency_count(service, "default", "no_route")
     started = time.monotonic()
     with pytest.raises(NoRoute, match="no RPC server is bound") as raised:
         client.call(service, {"a": 1}, timeout=10)
     elapsed = time.monotonic() - started
-    assert elapsed < 0.5
+    # The broker's basic.return takes milliseconds; the bound only has to tell "at once"
+    # from "at the call's 10 s timeout", with room for a loaded machine.
+    assert elapsed < AT_ONCE
     assert raised.value.service == service
     assert _latency_count(service, "default", "no_route") == before + 1
 
@@ -174,7 +179,7 @@ def test_a_failing_handler_gives_remote_error_at_once(amqp_url: str, client: RPC
         with pytest.raises(RemoteError) as raised:
             client.call(service, {"a": 1}, timeout=10)
         elapsed = time.monotonic() - started
-    assert elapsed < 0.5
+    assert elapsed < AT_ONCE
     assert (raised.value.type, raised.value.message) == ("ValueError", "bad")
     assert _latency_count(service, "default", "remote_error") == 1
 
@@ -225,7 +230,8 @@ def test_timeout_is_close_and_the_server_skips_nothing_after(
             release.set()
         results = [future.result() for future in futures]
     # Then the timeout came on time, and every later call ran and got its own answer
-    assert 0.5 <= elapsed < 0.8
+    # (never early; late only by scheduling, far from the 30 s the later calls may take)
+    assert 0.5 <= elapsed < 0.5 + AT_ONCE
     assert raised.value.method == "slow"
     assert isinstance(raised.value, TimeoutError)
     assert results == [0, 1, 2, 3, 4]
@@ -407,9 +413,9 @@ def test_stop_waits_for_hung_handlers_at_most_its_timeout_in_all(amqp_url: str) 
             started = time.monotonic()
             server.stop(timeout=1)
             elapsed = time.monotonic() - started
-            # Then it gave up on the handlers after 1 s, not 1 s for each of them
+            # Then it gave up on the handlers after 1 s, not 1 s for each of the 4
             assert not server.running
-            assert 1 <= elapsed < 2.5
+            assert 1 <= elapsed < 4
     finally:
         release.set()
 

@@ -37,9 +37,6 @@ FUZZ = settings(
 )
 
 
-# Strategies use named functions, not lambdas: Hypothesis describes a lambda by reading its
-# source through `ast`, and CPython 3.11 once raised a SystemError there mid-run (a
-# FlakyFailure of this test that had nothing to do with the platform).
 def _containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """Lists and objects of ``inner``."""
     return st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5)
@@ -54,6 +51,12 @@ def _not_sleep(key: str) -> bool:
     """Keeps the fuzzed task kwargs away from the ``sleep`` argument."""
     return key != "sleep"
 
+
+# `st.uuids()` builds its random source (`st.randoms`) lazily, importing a Hypothesis module on the
+# first draw; that import parses source with `ast` while Hypothesis has raised the recursion
+# limit, where CPython 3.11.7 can raise "SystemError: AST constructor recursion depth mismatch"
+# (a FlakyFailure unrelated to the platform). Building it here, at import, avoids that.
+st.randoms(use_true_random=True).validate()
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
