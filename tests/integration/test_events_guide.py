@@ -203,10 +203,11 @@ def test_quick_start_publisher_and_blocking_subscriber_stopped_by_ctrl_c(
         # When the Quick Start publisher runs
         run(QUICK_START_PUBLISHER, amqp_url)
         # Then the subscriber prints the job, and Ctrl-C stops it cleanly
-        wait_for(lambda: queue_counts(amqp_url, queue) == (0, 1), 15)
-        time.sleep(0.2)  # let the print reach the pipe before the interrupt
+        assert process.stdout is not None
+        printed = _read_until(process.stdout, "Print started: print_123", timeout=15)
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=20)
+        rest, _ = process.communicate(timeout=20)
+        output = printed + rest
     finally:
         if process.poll() is None:
             process.kill()
@@ -376,3 +377,20 @@ def test_message_design_example_is_published_as_is(amqp_url: str) -> None:
     assert event.event_id == "uuid"
     assert event.correlation_id == "request-uuid"
     assert received.properties["message_id"] == "uuid"
+
+
+def _read_until(stream: Any, text: str, timeout: float) -> str:
+    """Lines read from ``stream`` up to the one holding ``text``; fails after ``timeout``."""
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        for line in stream:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(timeout), f"{text!r} not printed within {timeout:g}s: {''.join(lines)!r}"
+    return "".join(lines)
