@@ -373,12 +373,12 @@ class TaskDrain(Case):
         finally:
             conn.close()
 
-    def _celery_command(self, *pool: str) -> list[str]:
+    def _celery_command(self, *pool: str, loglevel: str = "WARNING") -> list[str]:
         # The Procfile's worker command with the bench task module.
         return [
             sys.executable, "-m", "celery", "-A", "benchmarks.tasks_celery", "worker",
             "-Q", BRAIN_COMMANDS, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h",
-            *pool, "--loglevel", "WARNING",
+            *pool, "--loglevel", loglevel,
         ]  # fmt: skip
 
     def _celery(self) -> Sample:
@@ -392,14 +392,17 @@ class TaskDrain(Case):
         command = self._celery_command("--pool", "threads", "-c", str(RESEARCH_THREADS))
         return self._drain(command, env=env)
 
-    def _celery_research(self, env: dict[str, str] | None = None) -> Sample:
+    def _celery_research(self, env: dict[str, str] | None = None, loglevel: str = "INFO") -> Sample:
         # The research defaults as `make run` starts them: RESEARCH_PROCESSES separate
         # threads workers. Filled once all consume, as for solo: one booting alone would
         # drain on its own while the other starts.
         self.env.purge(BRAIN_COMMANDS)
         messages = self._celery_messages()
         commands = [
-            self._celery_command("--pool", "threads", "-c", str(RESEARCH_THREADS))
+            # At the Procfile's log level: what a task logs is part of its cost.
+            self._celery_command(
+                "--pool", "threads", "-c", str(RESEARCH_THREADS), loglevel=loglevel
+            )
             for _ in range(RESEARCH_PROCESSES)
         ]
         return self._drain(
