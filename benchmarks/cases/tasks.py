@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import amqp
@@ -394,10 +397,12 @@ class TaskDrain(Case):
 
     def _celery_research(self, env: dict[str, str] | None = None, loglevel: str = "INFO") -> Sample:
         # The research defaults as `make run` starts them: RESEARCH_PROCESSES separate
-        # threads workers. Filled once all consume, as for solo: one booting alone would
-        # drain on its own while the other starts.
+        # threads workers, their task metrics in one multiprocess directory. Filled once all
+        # consume, as for solo: one booting alone would drain on its own while the other starts.
         self.env.purge(BRAIN_COMMANDS)
         messages = self._celery_messages()
+        samples = Path(tempfile.mkdtemp(prefix="metrics-", dir=self.env.workdir))
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(samples), **(env or {})}
         commands = [
             # At the Procfile's log level: what a task logs is part of its cost.
             self._celery_command(
@@ -405,9 +410,12 @@ class TaskDrain(Case):
             )
             for _ in range(RESEARCH_PROCESSES)
         ]
-        return self._drain(
-            *commands, env=env, ready=lambda: self._fill(BRAIN_COMMANDS, messages, purge=False)
-        )
+        try:
+            return self._drain(
+                *commands, env=env, ready=lambda: self._fill(BRAIN_COMMANDS, messages, purge=False)
+            )
+        finally:
+            shutil.rmtree(samples, ignore_errors=True)
 
     def _celery_research_quiet(self) -> Sample:
         return self._celery_research(env={"KITTY_TASK_EVENTS": "false"})
