@@ -72,7 +72,7 @@ kitty_tasks is starting (Ctrl-C stops every process)
   Console              http://127.0.0.1:${KITTY_CONSOLE_PORT}    user ${KITTY_CONSOLE_USER}, password ${KITTY_CONSOLE_PASSWORD} (${console_source})
   RabbitMQ management  ${management}
   Platform metrics     http://127.0.0.1:${KITTY_EXPORTER_PORT}/metrics
-  Worker metrics       http://127.0.0.1:${KITTY_RESEARCH_METRICS_PORT}/metrics (research), :${KITTY_CAD_METRICS_PORT} (cad), :${KITTY_BRAIN_METRICS_PORT} (brain)
+  Worker metrics       http://127.0.0.1:${KITTY_RESEARCH_METRICS_PORT}/metrics (research, all ${KITTY_RESEARCH_PROCESSES:-2} processes), :${KITTY_CAD_METRICS_PORT} (cad), :${KITTY_BRAIN_METRICS_PORT} (brain)
   Flower metrics       http://127.0.0.1:${FLOWER_PORT}/metrics
   Broker metrics       ${broker_metrics}/metrics
 Then, in another shell: make demo
@@ -96,4 +96,7 @@ PATH="$BIN:$PATH"
 export PATH
 # Ctrl-C reaches honcho and this shell together (one foreground process group):
 # honcho stops every process it started, then the trap tidies up.
-"$BIN/honcho" start -f Procfile -e "$ENV_FILE"
+# The research worker runs once per core (KITTY_RESEARCH_PROCESSES, default 2): a threads
+# worker is one process on one GIL; each is named research@research.N.host and holds its
+# thread count of unacked tasks at most, so priorities still hold (benchmarks/RESULTS.md).
+"$BIN/honcho" start -f Procfile -e "$ENV_FILE" -c "research=${KITTY_RESEARCH_PROCESSES:-2}"

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import amqp
@@ -32,6 +35,11 @@ DRAIN_PROCESSES = 2
 SOLO_ENV = "BENCH_DRAIN_SOLO"
 #: Threads of the research worker's defaults (the Procfile's KITTY_RESEARCH_CONCURRENCY).
 RESEARCH_THREADS = 8
+#: Worker processes of the research defaults (`make run`'s KITTY_RESEARCH_PROCESSES, compose's
+#: replicas): one threads worker per core.
+RESEARCH_PROCESSES = 2
+#: The research defaults' variant, the drain target's platform side.
+RESEARCH_DEFAULTS = f"celery threads {RESEARCH_PROCESSES} x {RESEARCH_THREADS} (research defaults)"
 
 
 class TaskEnqueue(Case):
@@ -277,8 +285,13 @@ class TaskDrain(Case):
         )
         return [
             Variant("celery worker", self._celery, platform=True),
-            Variant("celery threads x8 (research default)", self._celery_threads, platform=True),
-            Variant("celery threads x8, events off", self._celery_threads_quiet, platform=True),
+            Variant("celery threads 1 x 8", self._celery_threads, platform=True),
+            Variant(RESEARCH_DEFAULTS, self._celery_research, platform=True),
+            Variant(
+                f"{RESEARCH_DEFAULTS[: RESEARCH_DEFAULTS.index(' (')]}, events off",
+                self._celery_research_quiet,
+                platform=True,
+            ),
             *solo,
             Variant("Dramatiq, prefetch 1/process", self._dramatiq_prefetch1),
             Variant("Dramatiq, defaults", self._dramatiq),
@@ -294,11 +307,12 @@ class TaskDrain(Case):
             ),
             # Dramatiq out of the box: 8 threads and 16 unacked messages per process.
             Target("task drain >= Dramatiq (its defaults)", "celery worker", "Dramatiq, defaults"),
-            # The research queue's defaults (Procfile): one worker, 8 threads, prefetch 8, with
-            # a lifecycle event per finished task (KITTY_TASK_EVENTS, on by default).
+            # The research queue's defaults (`make run`, compose): one threads worker per core,
+            # 8 threads and prefetch 8 each, with a lifecycle event per finished task
+            # (KITTY_TASK_EVENTS, on by default).
             Target(
                 "drain at research defaults >= 0.6 x Dramatiq (its defaults)",
-                "celery threads x8 (research default)",
+                RESEARCH_DEFAULTS,
                 "Dramatiq, defaults",
                 threshold=0.6,
             ),
@@ -362,12 +376,12 @@ class TaskDrain(Case):
         finally:
             conn.close()
 
-    def _celery_command(self, *pool: str) -> list[str]:
+    def _celery_command(self, *pool: str, loglevel: str = "WARNING") -> list[str]:
         # The Procfile's worker command with the bench task module.
         return [
             sys.executable, "-m", "celery", "-A", "benchmarks.tasks_celery", "worker",
             "-Q", BRAIN_COMMANDS, "-n", f"bench-{uuid.uuid4().hex[:6]}@%h",
-            *pool, "--loglevel", "WARNING",
+            *pool, "--loglevel", loglevel,
         ]  # fmt: skip
 
     def _celery(self) -> Sample:
@@ -381,8 +395,30 @@ class TaskDrain(Case):
         command = self._celery_command("--pool", "threads", "-c", str(RESEARCH_THREADS))
         return self._drain(command, env=env)
 
-    def _celery_threads_quiet(self) -> Sample:
-        return self._celery_threads(env={"KITTY_TASK_EVENTS": "false"})
+    def _celery_research(self, env: dict[str, str] | None = None, loglevel: str = "INFO") -> Sample:
+        # The research defaults as `make run` starts them: RESEARCH_PROCESSES separate
+        # threads workers, their task metrics in one multiprocess directory. Filled once all
+        # consume, as for solo: one booting alone would drain on its own while the other starts.
+        self.env.purge(BRAIN_COMMANDS)
+        messages = self._celery_messages()
+        samples = Path(tempfile.mkdtemp(prefix="metrics-", dir=self.env.workdir))
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(samples), **(env or {})}
+        commands = [
+            # At the Procfile's log level: what a task logs is part of its cost.
+            self._celery_command(
+                "--pool", "threads", "-c", str(RESEARCH_THREADS), loglevel=loglevel
+            )
+            for _ in range(RESEARCH_PROCESSES)
+        ]
+        try:
+            return self._drain(
+                *commands, env=env, ready=lambda: self._fill(BRAIN_COMMANDS, messages, purge=False)
+            )
+        finally:
+            shutil.rmtree(samples, ignore_errors=True)
+
+    def _celery_research_quiet(self) -> Sample:
+        return self._celery_research(env={"KITTY_TASK_EVENTS": "false"})
 
     def _celery_solo(self) -> Sample:
         # DRAIN_PROCESSES single-process workers: each runs tasks in its consuming process.

@@ -7,6 +7,7 @@ and ``RPCServer.start`` call it when ``KITTY_METRICS_PORT`` is set, and any othe
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -47,6 +48,10 @@ DEFAULT_METRICS_ADDR = "0.0.0.0"  # noqa: S104
 
 LOG_SERVING = "metrics on http://%s:%d/metrics (%s)"
 LOG_CANNOT_SERVE = "cannot serve metrics on %s:%d: %s"
+LOG_SHARED_PORT = (
+    "metrics port %s:%d is taken; this process's samples go to %s, which another process "
+    "of the same worker serves there (make run's research workers share one port)"
+)
 LOG_ALREADY_SERVING = "metrics already served on port %d; not serving them again on %d"
 
 _LATENCY_BUCKETS = (
@@ -150,7 +155,13 @@ def serve_metrics(port: int | None = None, addr: str = DEFAULT_METRICS_ADDR) -> 
         try:
             server, _ = start_http_server(port, addr=addr, registry=metrics_registry())
         except OSError as err:
-            logger.error(LOG_CANNOT_SERVE, addr, port, err)
+            shared = os.environ.get(MULTIPROC_ENV)
+            if shared and err.errno == errno.EADDRINUSE:
+                # Several processes of one worker (honcho's -c research=2) write samples to
+                # one multiprocess directory; whichever binds the port first serves them all.
+                logger.info(LOG_SHARED_PORT, addr, port, shared)
+            else:
+                logger.error(LOG_CANNOT_SERVE, addr, port, err)
             return None
         served = _serving["port"] = int(server.server_port)
     mode = "multiprocess" if os.environ.get(MULTIPROC_ENV) else "single process"

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     task_events: bool = Field(True, alias="KITTY_TASK_EVENTS")
     #: Longest a finished task waits for its lifecycle event's confirm before it is acked anyway.
     task_events_timeout: float = Field(5.0, gt=0, alias="KITTY_TASK_EVENTS_TIMEOUT")
+    #: Celery's INFO line per task received and succeeded (off: events and metrics say it).
+    log_tasks: bool = Field(False, alias="KITTY_LOG_TASKS")
     idempotency_db: str = Field(".kitty-idempotency.sqlite3", alias="KITTY_IDEMPOTENCY_DB")
     topology_profile: TopologyProfile = Field(
         TopologyProfile.CLASSIC, alias="KITTY_TOPOLOGY_PROFILE"

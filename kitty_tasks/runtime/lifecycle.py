@@ -5,17 +5,22 @@ after the result is stored and after the task's own ``on_success``/``on_failure`
 rejected task whose dead-letter copy could not be published is reported from
 ``task_postrun``. Eager and direct calls publish nothing, nor do retries.
 
-Events go out on the Celery app's own producer pool (each process, prefork children
-included, has its own), confirmed by the app's ``confirm_publish``; the task waits for
-the confirm at most ``KITTY_TASK_EVENTS_TIMEOUT`` seconds. A failure is
-logged and counted, never raised: the task's own outcome and its ack stand.
+Events go out on the Celery app's own connection pool (each process, prefork children
+included, has its own), each confirmed; the task waits for the confirm at most
+``KITTY_TASK_EVENTS_TIMEOUT`` seconds. A failure is logged and counted, never raised:
+the task's own outcome and its ack stand. The worker writes the envelope itself
+(``events.trusted``): its values need no pydantic check unless the application
+registered a schema of its own for the event type.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
+import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import signals
@@ -27,12 +32,19 @@ from events.task_events import (
     TASK_COMPLETED,
     TASK_DEAD_LETTERED,
     TASK_FAILED,
+    TaskCompleted,
+    TaskFailed,
     register_task_event_schemas,
     task_event_type,
 )
+from events.trusted import MAX_FIELD_CHARS, trusted_message
+from kitty_tasks.core import tracing
 from kitty_tasks.core.metrics import TASK_EVENTS_FAILED
+from kitty_tasks.core.publisher import OutgoingMessage
 from kitty_tasks.core.settings import get_settings
+from kitty_tasks.core.topology import EVENTS_EXCHANGE
 from kitty_tasks.runtime.lifecycle_data import error_data, summarise_result, task_domain
+from kitty_tasks.runtime.sending import publisher_of
 from kitty_tasks.runtime.task import DEAD_LETTER_FAILED, DEAD_LETTERED
 
 __all__ = ["LifecyclePublisher", "lifecycle_enabled"]
@@ -42,6 +54,9 @@ logger = logging.getLogger(__name__)
 LOG_NOT_PUBLISHED = "task %s[%s]: lifecycle event %s not published (%s); the task's outcome stands"
 #: Celery's own tasks (chord_unlock polls, backend_cleanup) are plumbing, not platform work.
 CELERY_INTERNAL_PREFIX = "celery."
+
+#: The platform's lifecycle schemas: the data this module builds always matches them.
+OWN_MODELS = (TaskCompleted, TaskFailed)
 
 #: task id -> monotonic start of its run in this process.
 _started: dict[str, float] = {}
@@ -60,13 +75,13 @@ def lifecycle_enabled(task: Any) -> bool:
 
 
 class LifecyclePublisher:
-    """This process's lifecycle publishing, through the Celery app's own producer pool."""
+    """This process's lifecycle publishing, through the Celery app's own connection pool."""
 
-    # Celery's producer pool, not a connection of our own: a worker process that opened
-    # sockets of its own while its consumer reconnected (a broker restart) stopped
-    # consuming for good, its hub stuck on a reused descriptor (test_broker_crash). The
-    # pool's connections are the ones Celery itself publishes on from task threads
-    # (retries, chains), confirmed by the app's ``confirm_publish``.
+    # Celery's connection pool (the one under its producer pool), not a connection of our
+    # own: a worker process that opened sockets of its own while its consumer reconnected
+    # (a broker restart) stopped consuming for good, its hub stuck on a reused descriptor
+    # (test_broker_crash). The pool's connections are the ones task messages go out on
+    # from task threads (retries, chains), on the same confirm channel (sending.py).
 
     def __init__(self, app: Any, source: str) -> None:
         self.app = app
@@ -75,36 +90,92 @@ class LifecyclePublisher:
     def publish(self, event_type: str, data: dict[str, Any], correlation_id: str | None) -> None:
         """Publish, confirmed, within ``KITTY_TASK_EVENTS_TIMEOUT``; raises on failure."""
         settings = get_settings()
+        timeout = settings.task_events_timeout
+        version = default_registry.latest(event_type) or 1
+        if not _trusted(event_type, version, self.source, correlation_id):
+            self._publish_checked(event_type, data, version, correlation_id)
+            return
+        event_id = str(uuid.uuid4())
+        send = (
+            tracing.start_send(
+                EVENTS_EXCHANGE, event_type, message_id=event_id, conversation_id=correlation_id
+            )
+            if tracing.enabled()
+            else None
+        )
+        try:
+            with self.app.pool.acquire(block=True, timeout=timeout) as connection:
+                message = trusted_message(
+                    event_type,
+                    data,
+                    event_id=event_id,
+                    timestamp=datetime.now(timezone.utc),
+                    source=self.source,
+                    version=version,
+                    correlation_id=correlation_id,
+                    traceparent=None if send is None else send.traceparent,
+                    user_id=connection.userid,
+                    max_bytes=settings.max_message_bytes,
+                )
+                _confirm(connection, message, timeout)
+        except BaseException as err:
+            if send is not None:
+                send.end(err)
+            raise
+        if send is not None:
+            send.end()
+
+    def _publish_checked(
+        self, event_type: str, data: dict[str, Any], version: int, correlation_id: str | None
+    ) -> None:
+        """The events layer's path: built and validated against the application's schema."""
+        settings = get_settings()
         event = build_event(
             event_type,
             data,
             source=self.source,
-            version=default_registry.latest(event_type) or 1,
+            version=version,
             registry=default_registry,
             correlation_id=correlation_id,
         )
         (event,), sends = start_sends([event])
         try:
-            message = encode(event, {}, max_bytes=settings.max_message_bytes)
-            properties = dict(message.properties)
-            headers = properties.pop("application_headers", None)
-            with self.app.producer_pool.acquire(
-                block=True, timeout=settings.task_events_timeout
-            ) as producer:
-                producer.publish(
-                    message.body,
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    headers=headers,
-                    retry=False,  # a broker that is down fails this event, not the task
-                    declare=[],
-                    timeout=settings.task_events_timeout,
-                    **properties,
-                )
+            with self.app.pool.acquire(block=True, timeout=settings.task_events_timeout) as conn:
+                extra = {} if conn.userid is None else {"user_id": conn.userid}
+                message = encode(event, extra, max_bytes=settings.max_message_bytes)
+                _confirm(conn, message, settings.task_events_timeout)
         except BaseException as err:
             end_sends(sends, err)
             raise
         end_sends(sends)
+
+
+def _trusted(event_type: str, version: int, source: str, correlation_id: str | None) -> bool:
+    """True when the worker's own values make a valid event (no pydantic check needed).
+
+    They do when the schema is the platform's own (an application may register its own
+    for a lifecycle type: then its schema is checked) and the strings fit the envelope.
+    """
+    if default_registry.model_for(event_type, version) not in OWN_MODELS:
+        return False
+    return len(source) <= MAX_FIELD_CHARS and len(correlation_id or "") <= MAX_FIELD_CHARS
+
+
+def _confirm(connection: Any, message: OutgoingMessage, timeout: float) -> None:
+    """Publish ``message`` on the connection's confirm channel and wait for its confirm."""
+    publisher = publisher_of(connection)
+    try:
+        # Unroutable is no error: with no subscriber bound, nobody misses the notice.
+        publisher.publish_batch([message], allow_unroutable=True, timeout=timeout)
+    except connection.recoverable_connection_errors:
+        # A pooled connection the broker closed: its next use reconnects.
+        publisher.close()
+        connection.collect()
+        raise
+
+
+#: A task's domain is the same for each of its runs from one queue: worked out once.
+_domain = functools.lru_cache(maxsize=1024)(task_domain)
 
 
 def _forget_inherited(**_: Any) -> None:
@@ -126,7 +197,7 @@ def _publish(task: Any, task_id: str, outcome: str, fields: dict[str, Any]) -> N
     event_type = outcome
     try:
         queue = _queue_of(task)
-        domain = task_domain(str(task.name), queue, getattr(task, "event_domain", None))
+        domain = _domain(str(task.name), queue, getattr(task, "event_domain", None))
         event_type = task_event_type(domain, outcome)
         if domain not in _registered:
             register_task_event_schemas(domain)

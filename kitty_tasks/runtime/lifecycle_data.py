@@ -85,6 +85,10 @@ def summarise_result(result: Any, max_message_bytes: int) -> dict[str, Any]:
     so an event never exceeds KITTY_MAX_MESSAGE_BYTES because of its result.
     """
     limit = min(INLINE_RESULT_BYTES, max(0, max_message_bytes - ENVELOPE_ROOM))
+    if result is None or (type(result) in (bool, int) and -(2**53) < result < 2**53):
+        # What most tasks return, already a JSON value: no round trip through the encoder
+        # (an int as large as 2**53 goes there, for its size).
+        return {"result": result}
     try:
         # Kombu's encoder, as the result backend's: dates, UUIDs and decimals become text.
         text = json_dumps(result)

@@ -7,6 +7,7 @@ parent's endpoint sums them. Without it only the solo and threads pools report.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -51,6 +52,12 @@ def _queue_of(task: Any) -> str:
     return str(delivery.get("routing_key") or "unknown")
 
 
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: a task's labels repeat for every run."""
+    return metric.labels(*labels)
+
+
 def _stamp_publish_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
     """Stamp every task message with its publish time, for the queue-wait histogram."""
     if headers is not None:
@@ -70,7 +77,7 @@ def _on_prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
         waited = max(0.0, time.time() - float(published))
     except (TypeError, ValueError):
         return
-    TASK_QUEUE_WAIT.labels(task=task.name, queue=_queue_of(task)).observe(waited)
+    _child(TASK_QUEUE_WAIT, task.name, _queue_of(task)).observe(waited)
 
 
 def _on_postrun(
@@ -82,7 +89,7 @@ def _on_postrun(
     started = _running.pop(task_id, None)
     queue = _queue_of(task)
     if started is not None:
-        TASK_RUNTIME.labels(task=task.name, queue=queue).observe(time.monotonic() - started)
+        _child(TASK_RUNTIME, task.name, queue).observe(time.monotonic() - started)
     if state == SUCCESS:
         outcome = "succeeded"
     elif state == RETRY:
@@ -91,7 +98,7 @@ def _on_postrun(
         outcome = "dead_lettered" if task.request.get(DEAD_LETTERED) else "failed"
     else:
         return  # ignored or rejected: the message was handed elsewhere
-    TASKS.labels(task=task.name, queue=queue, outcome=outcome).inc()
+    _child(TASKS, task.name, queue, outcome).inc()
 
 
 def _serve_worker_metrics(**_: Any) -> None:

@@ -8,17 +8,27 @@ from typing import Any
 from celery import Celery
 from celery.worker.consumer import Consumer
 
+from kitty_tasks.core.amqp_internals import buffer_reads
 from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import H_ORIGINAL_QUEUE
 
-__all__ = ["KittyConsumer", "check_time_limit", "malformed_reason"]
+__all__ = [
+    "TASK_LOGGERS",
+    "KittyConsumer",
+    "check_time_limit",
+    "malformed_reason",
+    "quiet_task_logs",
+]
 
 logger = logging.getLogger(__name__)
 
 LOG_UNDECODABLE = "undecodable message (%s, content-type %r) rejected to its dead-letter queue: %s"
 
+
+#: Bytes the consumer asks its socket for per read: a prefetch of task messages at once.
+CONSUME_RECV_CHUNK = 64 * 1024
 
 LOG_TOO_LARGE = "oversized task message (task %r) dead-lettered from %s: %s"
 LOG_MALFORMED = "malformed task message (task %r) rejected to its dead-letter queue: %r"
@@ -67,6 +77,23 @@ def check_time_limit(app: Celery, consumer_timeout_ms: int | None = None) -> Non
         )
 
 
+#: Celery's loggers of a line per task: "Received task" (strategy), "succeeded in" (trace).
+TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_task_logs() -> None:
+    """No INFO line per task received or succeeded, unless ``KITTY_LOG_TASKS`` asks for them.
+
+    Two formatted, flushed log writes per task cost a research worker at INFO a fifth of
+    its drain rate (benchmarks/RESULTS.md); the lifecycle events, the task metrics and
+    Flower report every task already. Warnings and errors (a failing task) still log.
+    Celery reads these levels once, when it builds each task's strategy and tracer.
+    """
+    if not get_settings().log_tasks:
+        for name in TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def malformed_reason(message: Any) -> str | None:
     """Why a protocol-2 task message is not ``[args, kwargs, embed]``; None when it is.
 
@@ -98,8 +125,23 @@ class KittyConsumer(Consumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # Built while the worker starts, before it connects: refuse here, not mid-task.
         check_time_limit(self.app)
+        # After Celery set up logging, before it builds the strategies and tracers.
+        quiet_task_logs()
         self._max_bytes = get_settings().max_message_bytes
         self._dead_letters: QueueDeadLetters | None = None
+
+    def connect(self) -> Any:
+        """Celery's consumer connection, reading the socket in chunks (plain TCP).
+
+        py-amqp reads a frame in three ``recv`` calls, nine per task message, and each
+        one hands the GIL to the task threads and waits to get it back (issue 15's
+        profile); a chunk holds several messages. The hub's reader keeps reading until
+        the buffer holds no whole frame, so none waits unseen by epoll. Every reconnect
+        comes through here.
+        """
+        connection = super().connect()
+        buffer_reads(connection.connection.transport, CONSUME_RECV_CHUNK)
+        return connection
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, but a body that breaks Celery's own parsing is dead-lettered."""

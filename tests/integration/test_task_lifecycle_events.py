@@ -99,6 +99,8 @@ def test_a_research_paper_task_publishes_research_task_completed_with_its_result
     # And it names the worker and keeps the task's correlation id (Celery's: the task id)
     assert event.source.startswith(worker.name.split("@", 1)[0] + "@")
     assert event.correlation_id == async_result.id
+    # And, as every event the EventBus publishes, carries the broker user that sent it
+    assert event.publisher == Connection(worker.url).userid
 
 
 def test_a_large_result_is_summarised_and_left_to_the_result_store(

@@ -219,12 +219,23 @@ def test_workers_serve_each_task_queue_with_metrics() -> None:
         assert command[:4] == ["celery", "-A", "kitty_tasks", "worker"]
         assert command[command.index("--pool") + 1] == pool
         queue = command[command.index("-Q") + 1]
-        assert f"-Q {queue} -n {name.split('-')[0]}@%h --pool {pool} " in procfile
+        prefix = name.split("-")[0]
+        # (make run names each research process research@research.N.host)
+        assert re.search(rf"-Q {re.escape(queue)} -n {prefix}@\S*%h --pool {pool} ", procfile)
         served.add(command[command.index("-Q") + 1])
         port = service["environment"]["KITTY_METRICS_PORT"]
         assert port in service["expose"]
         assert service["environment"]["PROMETHEUS_MULTIPROC_DIR"] in service["tmpfs"]
     assert served == set(TASK_QUEUES)
+
+
+def test_research_runs_one_threads_worker_per_core_as_make_run_does() -> None:
+    research = services(COMPOSE_DIR / "docker-compose.yml")["research-worker"]
+    run_sh = (COMPOSE_DIR.parent / "scripts" / "run.sh").read_text()
+    # Replicas in compose, honcho's concurrency in make run: the same variable and default
+    assert research["deploy"]["replicas"] == "${KITTY_RESEARCH_PROCESSES:-2}"
+    assert '-c "research=${KITTY_RESEARCH_PROCESSES:-2}"' in run_sh
+    assert "container_name" not in research  # replicas need names of their own
 
 
 def test_flower_requires_basic_auth_in_compose() -> None:

@@ -53,6 +53,19 @@ def test_a_small_result_rides_in_the_event_as_json() -> None:
     assert summarise_result(None, 1 << 20) == {"result": None}
 
 
+@pytest.mark.parametrize("result", [None, True, False, 0, -7, 2**53 - 1])
+def test_plain_results_ride_as_they_are(result: object) -> None:
+    summary = summarise_result(result, 1 << 20)
+    assert summary == {"result": result}
+    assert type(summary["result"]) is type(result)
+
+
+def test_an_int_too_large_for_the_event_is_summarised() -> None:
+    summary = summarise_result(10**4200, 1 << 20)["result_summary"]
+    assert summary["type"] == "number"
+    assert summary["size"] == 4201
+
+
 def test_a_large_result_is_summarised_with_type_size_and_where_to_find_it() -> None:
     summary = summarise_result({"blob": "x" * INLINE_RESULT_BYTES}, 1 << 20)["result_summary"]
     assert summary["type"] == "object"
