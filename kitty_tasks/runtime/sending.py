@@ -100,6 +100,8 @@ class TaskMessages:
         self._serializer = conf.task_serializer
         self._default_mode = conf.task_default_delivery_mode
         self._inherit_priority = conf.task_inherit_parent_priority
+        # Celery's message maker for the app's protocol (two cached-property reads a task).
+        self._create_message = app.amqp.create_task_message
 
     def route(self, name: str, options: dict[str, Any], task: Any) -> Route:
         """Celery's route for ``name`` with ``options`` (queue, routing_key, priority ...)."""
@@ -189,7 +191,7 @@ class TaskMessages:
                 if self._inherit_priority and priority is None:
                     priority = (parent.request.delivery_info or {}).get("priority")
         ignore_result = bool(options["ignore_result"])
-        headers, properties, body, _ = app.amqp.create_task_message(
+        headers, properties, body, _ = self._create_message(
             task_id, name, args, kwargs,
             options.get("countdown"), options.get("eta"),
             options.get("group_id"), options.get("group_index"),
