@@ -27,6 +27,8 @@ _INT, _LONG, _DOUBLE, _U64 = Struct(">ci"), Struct(">cq"), Struct(">cd"), Struct
 _REPEATABLE = frozenset({str, bytes, int, bool, type(None)})
 #: Header keys whose last value is kept; beyond, headers are still encoded, just not kept.
 MAX_KEYS = 256
+#: Encodings longer than this are not kept: a large value would stay alive for its key.
+MAX_KEPT = 512
 
 
 class _Refused(Exception):
@@ -146,7 +148,7 @@ class PropertiesEncoder:
                     append(hit[2])
                     continue
                 encoded = _key(key) + _item(value)
-                if hit is not None or len(last) < self.max_keys:
+                if len(encoded) <= MAX_KEPT and (hit is not None or len(last) < self.max_keys):
                     last[key] = (kind, value, encoded)
                 append(encoded)
             else:
@@ -174,7 +176,7 @@ class PropertiesEncoder:
                 encoded = _PROPERTY[kind](value)
             except (_Refused, KeyError):
                 encoded = bytes(dumps(kind, [value]))
-            if type(value) in _REPEATABLE:
+            if type(value) in _REPEATABLE and len(encoded) <= MAX_KEPT:
                 last[name] = (type(value), value, encoded)
             parts.append(encoded)
         return _U16.pack(flags) + b"".join(parts)
