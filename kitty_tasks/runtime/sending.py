@@ -270,12 +270,12 @@ class TaskBatch:
     # Read once for the batch's tasks: an app setting and a stack lookup fewer per task.
     @cached_property
     def eager(self) -> bool:
-        """The app's ``task_always_eager``, as the batch began."""
+        """The app's ``task_always_eager``, read at the batch's first task."""
         return bool(self.app.conf.task_always_eager)
 
     @cached_property
     def parent(self) -> Any:
-        """The worker task the batch is published from, if any."""
+        """The worker task the batch is published from, if any (read at its first task)."""
         return self.app.current_worker_task
 
     def add(self, built: Built) -> None:
