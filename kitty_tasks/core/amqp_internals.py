@@ -16,6 +16,9 @@ Measured in ``benchmarks/`` (RESULTS.md, F5/F6 and the RPC round-trip cases):
   three syscalls per frame, on the event consumer (F6) and the RPC link.
 - ``transport._read_buffer``: tells a waiting reader that a frame is already buffered,
   which ``select`` cannot see once reads are chunked.
+- ``Message._serialize_properties``, which the frame writer calls for a message's
+  properties: ``EncodedMessage`` answers it from ``core.amqp_encoding`` (the same bytes,
+  repeated header values encoded once), a third of a group's client CPU (issue 15).
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from amqp.method_framing import frame_writer
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 
+from kitty_tasks.core.amqp_encoding import PROPERTIES
+
 __all__ = [
     "BASIC_PUBLISH",
+    "EncodedMessage",
     "WriteBatcher",
     "buffer_reads",
     "has_buffered_frame",
@@ -44,6 +50,16 @@ __all__ = [
 
 #: The basic.publish method signature (class 60, method 40).
 BASIC_PUBLISH = amqp.spec.Basic.Publish
+
+
+class EncodedMessage(amqp.Message):  # type: ignore[misc]
+    """An ``amqp.Message`` whose properties the frame writer gets from the platform's encoder."""
+
+    __slots__ = ()
+
+    def _serialize_properties(self) -> bytes:
+        # py-amqp's frame writer calls this; the bytes are py-amqp's own (amqp_encoding).
+        return PROPERTIES.properties(self.properties)
 
 
 class WriteBatcher:
@@ -148,4 +164,23 @@ def missing_internals() -> list[str]:
         right.close()
     if not isinstance(getattr(amqp.Connection, "frame_writer", None), property):
         missing.append("amqp.Connection.frame_writer (settable)")
+    if not _writer_encodes_properties_through_the_message():
+        missing.append("amqp.Message._serialize_properties (called by the frame writer)")
     return missing
+
+
+def _writer_encodes_properties_through_the_message() -> bool:
+    """True if py-amqp's frame writer takes a message's properties from the message's method."""
+    marker = b"\x00\x00kitty-properties-marker"
+
+    class Marked(amqp.Message):  # type: ignore[misc]
+        def _serialize_properties(self) -> bytes:
+            return marker
+
+    sink = WriteBatcher()
+    connection = type("FakeConnection", (), {"frame_max": 131072, "bytes_sent": 0})()
+    try:
+        frame_writer(connection, sink)(1, 1, BASIC_PUBLISH, b"", Marked(b"body"))
+    except Exception:  # a changed writer signature is as fatal as an ignored method
+        return False
+    return any(marker in frame for frame in sink.pending or ())

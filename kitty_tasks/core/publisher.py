@@ -14,6 +14,7 @@ from kombu import Connection
 
 from kitty_tasks.core.amqp_internals import (
     BASIC_PUBLISH,
+    EncodedMessage,
     WriteBatcher,
     publish_arguments,
     write_frames_into,
@@ -202,8 +203,9 @@ class ConfirmedPublisher:
                 args = publish_arguments(outgoing.exchange, outgoing.routing_key, mandatory=True)
                 if len(self._publish_args) < 1024:
                     self._publish_args[key] = args
+            # Properties encoded as py-amqp would, repeated header values once (~20 a task).
             write_frame(
-                1, channel_id, BASIC_PUBLISH, args, amqp.Message(outgoing.body, **properties)
+                1, channel_id, BASIC_PUBLISH, args, EncodedMessage(outgoing.body, **properties)
             )
             size += len(frames[-1])
             ids[self._next_tag] = outgoing

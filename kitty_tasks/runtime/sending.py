@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from celery import Celery, signals
@@ -25,11 +26,22 @@ from celery.utils.functional import maybe_list
 from kombu import Connection, Queue
 from kombu.common import maybe_declare
 from kombu.serialization import dumps
+from kombu.utils.json import dumps as json_dumps
 
-from kitty_tasks.core.errors import BatchRejected, BatchTimeout
+from kitty_tasks.core.errors import BatchRejected, BatchTimeout, PayloadTooLarge
 from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
+from kitty_tasks.core.settings import get_settings
 
-__all__ = ["BATCH", "TaskBatch", "TaskMessages", "batch_on", "messages_of", "send", "trimmed_repr"]
+__all__ = [
+    "BATCH",
+    "TaskBatch",
+    "TaskMessages",
+    "batch_on",
+    "check_size",
+    "messages_of",
+    "send",
+    "trimmed_repr",
+]
 
 #: Options the direct path handles; any other option sends the task through Celery's path.
 HANDLED = frozenset(
@@ -88,6 +100,8 @@ class TaskMessages:
         self._serializer = conf.task_serializer
         self._default_mode = conf.task_default_delivery_mode
         self._inherit_priority = conf.task_inherit_parent_priority
+        # Celery's message maker for the app's protocol (two cached-property reads a task).
+        self._create_message = app.amqp.create_task_message
 
     def route(self, name: str, options: dict[str, Any], task: Any) -> Route:
         """Celery's route for ``name`` with ``options`` (queue, routing_key, priority ...)."""
@@ -129,15 +143,24 @@ class TaskMessages:
         return route
 
     def build(
-        self, task: Any, args: Sequence[Any] | None, kwargs: dict[str, Any] | None, options: Any
+        self,
+        task: Any,
+        args: Sequence[Any] | None,
+        kwargs: dict[str, Any] | None,
+        options: Any,
+        batch: TaskBatch | None = None,
     ) -> Built | None:
         """The message ``task.apply_async(args, kwargs, **options)`` would publish, or None.
 
         None: an option or task feature this path does not handle (eager mode, pydantic
         arguments, stamping, AMQP ``expiration`` ...); the caller uses Celery's own path.
+        Raises ``PayloadTooLarge`` for arguments over KITTY_MAX_MESSAGE_BYTES as JSON.
+        Inside ``batch``, what is the same for all its tasks is read once, by the batch.
         """
         app = self.app
-        if not HANDLED.issuperset(options) or app.conf.task_always_eager:
+        if not HANDLED.issuperset(options):
+            return None
+        if batch.eager if batch is not None else app.conf.task_always_eager:
             return None
         if getattr(task, "pydantic", False) or (task.soft_time_limit and task.time_limit):
             return None
@@ -161,14 +184,14 @@ class TaskMessages:
         root_id, parent_id = options.get("root_id"), options.get("parent_id")
         priority = options.get("priority", route.options.get("priority"))
         if not root_id or not parent_id:
-            parent = app.current_worker_task
+            parent = batch.parent if batch is not None else app.current_worker_task
             if parent:
                 root_id = root_id or parent.request.root_id or parent.request.id
                 parent_id = parent_id or parent.request.id
                 if self._inherit_priority and priority is None:
                     priority = (parent.request.delivery_info or {}).get("priority")
         ignore_result = bool(options["ignore_result"])
-        headers, properties, body, _ = app.amqp.create_task_message(
+        headers, properties, body, _ = self._create_message(
             task_id, name, args, kwargs,
             options.get("countdown"), options.get("eta"),
             options.get("group_id"), options.get("group_index"),
@@ -190,6 +213,11 @@ class TaskMessages:
             headers=headers, properties=properties, retry_policy={},
         )  # fmt: skip
         content_type, encoding, data = dumps(body, options.get("serializer") or self._serializer)
+        data = data if isinstance(data, bytes) else data.encode()
+        # The arguments are part of the JSON body: a body within the limit needs no second
+        # encoding to size them; only a larger one (or another serializer) is sized exactly.
+        if content_type != "application/json" or len(data) > get_settings().max_message_bytes:
+            check_size(name, args, kwargs)
         mode = options.get("delivery_mode")
         amqp_properties = {
             **{k: v for k, v in properties.items() if v is not None},
@@ -202,10 +230,7 @@ class TaskMessages:
             "message_id": task_id,
         }
         amqp_properties.pop("expiration", None)  # as KittyTask: expiry is the worker's call
-        message = OutgoingMessage(
-            data if isinstance(data, bytes) else data.encode(), exchange, routing_key,
-            amqp_properties,
-        )  # fmt: skip
+        message = OutgoingMessage(data, exchange, routing_key, amqp_properties)
         queue = route.queue.name if route.queue is not None else routing_key
         return Built(task_id, name, message, body, queue, ignore_result, route.queue)
 
@@ -241,6 +266,17 @@ class TaskBatch:
     #: The kombu producer a group passes to its tasks: marks them as this batch's.
     producer: Any = None
     built: list[Built] = field(default_factory=list)
+
+    # Read once for the batch's tasks: an app setting and a stack lookup fewer per task.
+    @cached_property
+    def eager(self) -> bool:
+        """The app's ``task_always_eager``, read at the batch's first task."""
+        return bool(self.app.conf.task_always_eager)
+
+    @cached_property
+    def parent(self) -> Any:
+        """The worker task the batch is published from, if any (read at its first task)."""
+        return self.app.current_worker_task
 
     def add(self, built: Built) -> None:
         """Keep ``built`` for ``flush``."""
@@ -305,6 +341,20 @@ class TaskBatch:
                 declared.add(b.declare.name)
 
 
+def check_size(name: str, args: Any, kwargs: Any) -> None:
+    """Raise ``PayloadTooLarge`` when the task's JSON arguments exceed KITTY_MAX_MESSAGE_BYTES."""
+    try:
+        size = len(json_dumps([args or (), kwargs or {}]).encode())
+    except Exception:  # Celery raises its own EncodeError for what JSON cannot carry
+        return
+    limit = get_settings().max_message_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"task {name!r} arguments are {size:,} bytes as JSON, over the {limit:,}-byte "
+            "limit (KITTY_MAX_MESSAGE_BYTES); nothing was sent"
+        )
+
+
 def trimmed_repr(value: Any, limit: int) -> str:
     """``repr(value)`` cut to ``limit`` characters, as Flower shows task arguments."""
     text = repr(value)
@@ -357,7 +407,7 @@ def send(task: Any, args: tuple[Any, ...], options: dict[str, Any]) -> Any:
     producer = options.get("producer")
     if batch is not None and batch.app is app and producer is batch.producer:
         own = {k: v for k, v in options.items() if k not in _NOT_MESSAGE}
-        built = messages_of(app).build(task, task_args, task_kwargs, own)
+        built = messages_of(app).build(task, task_args, task_kwargs, own, batch)
         if built is None:
             return None
         batch.add(built)

@@ -10,7 +10,6 @@ from amqp.exceptions import MessageNacked
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from kombu.exceptions import OperationalError
-from kombu.utils.json import dumps as json_dumps
 from pydantic import ValidationError
 
 from kitty_tasks.core.errors import (
@@ -34,7 +33,7 @@ from kitty_tasks.runtime.ladder import (
     publish_finished,
 )
 from kitty_tasks.runtime.lifecycle_data import check_lifecycle_options
-from kitty_tasks.runtime.sending import send, trimmed_repr
+from kitty_tasks.runtime.sending import check_size, send, trimmed_repr
 
 __all__ = ["DEAD_LETTERED", "DEAD_LETTER_FAILED", "RETRY_ANY", "KittyTask"]
 
@@ -118,16 +117,21 @@ class KittyTask(Task):  # type: ignore[misc]
         if "kwargsrepr" not in options:
             task_kwargs = args[1] if len(args) > 1 else options.get("kwargs")
             options["kwargsrepr"] = trimmed_repr(task_kwargs or {}, sender.kwargsrepr_maxsize)
-        _check_size(
+        # Celery's message, routed from a cache and confirmed through the core's publisher;
+        # collected instead inside a group or submit_many (one confirm wait per batch). Its
+        # arguments' size is checked there, on the one JSON encoding of the body.
+        try:
+            sent = send(self, args, options)
+        except PayloadTooLarge:
+            publish_finished()  # tracing: the send span begun for a message never sent
+            raise
+        if sent is not None:
+            return sent
+        check_size(
             self.name,
             args[0] if args else options.get("args"),
             args[1] if len(args) > 1 else options.get("kwargs"),
         )
-        # Celery's message, routed from a cache and confirmed through the core's publisher;
-        # collected instead inside a group or submit_many (one confirm wait per batch).
-        sent = send(self, args, options)
-        if sent is not None:
-            return sent
         started = time.monotonic()
         token = PUBLISHING.set((options.get("expiration"),))
         try:
@@ -294,18 +298,3 @@ def _caused_by(err: BaseException, kind: type[BaseException]) -> bool:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return False
-
-
-def _check_size(name: str, args: Any, kwargs: Any) -> None:
-    """Raise ``PayloadTooLarge`` when the task's JSON arguments exceed KITTY_MAX_MESSAGE_BYTES."""
-    try:
-        # ~2 us for typical arguments; Celery serialises them once more when it publishes.
-        size = len(json_dumps([args or (), kwargs or {}]).encode())
-    except Exception:  # Celery raises its own EncodeError for what JSON cannot carry
-        return
-    limit = get_settings().max_message_bytes
-    if size > limit:
-        raise PayloadTooLarge(
-            f"task {name!r} arguments are {size:,} bytes as JSON, over the {limit:,}-byte "
-            "limit (KITTY_MAX_MESSAGE_BYTES); nothing was sent"
-        )

@@ -242,7 +242,7 @@ class TaskQueue:
             assert self._connection is not None  # connect() set it
             batch = TaskBatch(self.app, self._connection)
             for kwargs, publish in options:
-                built = builder.build(task, (), kwargs, publish)
+                built = builder.build(task, (), kwargs, publish, batch)
                 assert built is not None  # every option above is one the builder handles
                 batch.add(built)
             return batch.flush()

@@ -13,9 +13,10 @@ from celery import Task, group
 from kombu import Connection
 
 from events import EventBus, TaskCompleted
-from kitty_tasks import BatchRejected, TaskQueue
+from kitty_tasks import BatchRejected, PayloadTooLarge, TaskQueue
 from kitty_tasks.core.connection import vhost_of
 from kitty_tasks.core.management import ManagementClient
+from kitty_tasks.core.settings import get_settings
 from kitty_tasks.core.topology import BRAIN_COMMANDS, RESEARCH_TASKS, dlq_name
 from kitty_tasks.runtime.taskqueue import DISPATCH_TASK, build_app
 from kitty_tasks.tasks.research import research_paper
@@ -192,6 +193,26 @@ def test_a_directly_published_task_is_the_message_celery_publishes(amqp_url: str
         theirs.properties.pop(name)
     assert mine.properties == theirs.properties
     assert mine.delivery_info["routing_key"] == theirs.delivery_info["routing_key"]
+
+
+def test_arguments_over_the_limit_are_refused_and_at_the_limit_sent(amqp_url: str) -> None:
+    # Given an empty research.tasks and arguments of exactly the limit as JSON: the message
+    # body, which also carries Celery's callbacks, is larger
+    purge(amqp_url, RESEARCH_TASKS)
+    limit = get_settings().max_message_bytes
+    at_limit = "a" * (limit - len('[[""], {}]'))
+
+    # When a group holds one task over the limit, Then nothing of it is sent
+    with pytest.raises(PayloadTooLarge, match="KITTY_MAX_MESSAGE_BYTES"):
+        group([research_paper.s("ok"), research_paper.s(at_limit + "a")]).apply_async()
+    # and a single task over the limit is refused too
+    with pytest.raises(PayloadTooLarge, match="KITTY_MAX_MESSAGE_BYTES"):
+        research_paper.apply_async((at_limit + "a",))
+    assert queued(amqp_url, RESEARCH_TASKS) == []
+
+    # When the arguments are exactly at the limit, Then the task is sent
+    sent = research_paper.apply_async((at_limit,))
+    assert [m.headers["id"] for m in queued(amqp_url, RESEARCH_TASKS)] == [sent.id]
 
 
 def test_chunks_publish_their_parts_in_one_batch(amqp_url: str, tmp_path: Path) -> None:

@@ -7,17 +7,24 @@ import socket
 import subprocess
 from pathlib import Path
 
+import amqp
 from amqp.transport import TCPTransport
 
 from kitty_tasks.core.amqp_internals import (
+    BASIC_PUBLISH,
+    EncodedMessage,
     WriteBatcher,
     buffer_reads,
     has_buffered_frame,
     missing_internals,
+    publish_arguments,
+    write_frames_into,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-PRIVATE = re.compile(r"_quick_recv|_read_buffer|frame_writer|method_framing|celery\._state")
+PRIVATE = re.compile(
+    r"_quick_recv|_read_buffer|frame_writer|method_framing|_serialize_properties|celery\._state"
+)
 
 
 def test_this_py_amqp_has_every_private_the_platform_uses() -> None:
@@ -66,3 +73,29 @@ def test_a_collecting_batcher_keeps_copies_and_a_writing_one_writes_through() ->
     buffer[:] = b"other"  # the frame writer reuses its buffer
     assert written == [b"x"]
     assert collecting.pending == [b"frame"]
+
+
+def test_an_encoded_message_is_framed_exactly_as_py_amqps_message() -> None:
+    # Given one task message's properties (Celery's protocol-2 headers among them)
+    properties = {
+        "content_type": "application/json",
+        "content_encoding": "utf-8",
+        "application_headers": {"lang": "py", "task": "t", "id": "i-1", "eta": None},
+        "delivery_mode": 2,
+        "priority": 0,
+        "correlation_id": "i-1",
+        "reply_to": "r",
+        "message_id": "i-1",
+    }
+    connection = type("FakeConnection", (), {"frame_max": 131072, "bytes_sent": 0})()
+    frames = []
+    for message in (amqp.Message, EncodedMessage, EncodedMessage):
+        # When py-amqp's frame writer frames it as py-amqp's message and as the platform's
+        sink = WriteBatcher()
+        write_frames_into(connection, sink)(
+            1, 1, BASIC_PUBLISH, publish_arguments("x", "k", mandatory=True),
+            message(b"[[], {}, {}]", **properties),
+        )  # fmt: skip
+        frames.append(b"".join(sink.pending or ()))
+    # Then the bytes are the same, also when the repeated headers come from the encoder's cache
+    assert frames[0] == frames[1] == frames[2]

@@ -7,7 +7,7 @@ import pytest
 from events.envelope import Event
 from events.errors import DecodeError
 from kitty_tasks.core.errors import PayloadTooLarge
-from kitty_tasks.runtime.task import _check_size
+from kitty_tasks.runtime.sending import check_size
 
 
 def test_deeply_nested_event_body_is_a_decode_error_not_a_recursion_error() -> None:
@@ -22,7 +22,7 @@ def test_task_arguments_over_the_limit_are_refused_before_publishing() -> None:
     # Given arguments of 2 MiB as JSON (the default limit is 1 MiB)
     # Then the size check raises PayloadTooLarge naming the setting
     with pytest.raises(PayloadTooLarge, match="KITTY_MAX_MESSAGE_BYTES"):
-        _check_size("t", ("a" * 2 * 1024 * 1024,), {})
+        check_size("t", ("a" * 2 * 1024 * 1024,), {})
     # and small or non-JSON arguments pass (Celery reports the latter itself)
-    _check_size("t", (1,), {"x": "y"})
-    _check_size("t", (object(),), {})
+    check_size("t", (1,), {"x": "y"})
+    check_size("t", (object(),), {})
