@@ -31,6 +31,7 @@ from kombu.utils.json import dumps as json_dumps
 from kitty_tasks.core.errors import BatchRejected, BatchTimeout, PayloadTooLarge
 from kitty_tasks.core.publisher import ConfirmedPublisher, OutgoingMessage
 from kitty_tasks.core.settings import get_settings
+from kitty_tasks.runtime.ladder import SENDING
 
 __all__ = [
     "BATCH",
@@ -80,6 +81,8 @@ class Built:
     queue: str
     ignore_result: bool
     declare: Queue | None = None
+    #: Its traced ``send`` span (tracing on), ended once the batch's confirms say how it went.
+    send: Any = None
 
 
 class TaskMessages:
@@ -212,12 +215,22 @@ class TaskMessages:
             declare=[route.queue] if route.queue is not None else [],
             headers=headers, properties=properties, retry_policy={},
         )  # fmt: skip
-        content_type, encoding, data = dumps(body, options.get("serializer") or self._serializer)
-        data = data if isinstance(data, bytes) else data.encode()
-        # The arguments are part of the JSON body: a body within the limit needs no second
-        # encoding to size them; only a larger one (or another serializer) is sized exactly.
-        if content_type != "application/json" or len(data) > get_settings().max_message_bytes:
-            check_size(name, args, kwargs)
+        # Tracing's hook made the message's send span current; a batch holds many messages
+        # at once, so each keeps its own until the batch's confirms come back.
+        send = SENDING.get()
+        SENDING.set(None)
+        try:
+            content_type, encoding, data = dumps(
+                body, options.get("serializer") or self._serializer
+            )
+            data = data if isinstance(data, bytes) else data.encode()
+            # The arguments are part of the JSON body: a body within the limit needs no second
+            # encoding to size them; only a larger one (or another serializer) is sized exactly.
+            if content_type != "application/json" or len(data) > get_settings().max_message_bytes:
+                check_size(name, args, kwargs)
+        except BaseException as error:
+            _end_send(send, error)
+            raise
         mode = options.get("delivery_mode")
         amqp_properties = {
             **{k: v for k, v in properties.items() if v is not None},
@@ -232,7 +245,7 @@ class TaskMessages:
         amqp_properties.pop("expiration", None)  # as KittyTask: expiry is the worker's call
         message = OutgoingMessage(data, exchange, routing_key, amqp_properties)
         queue = route.queue.name if route.queue is not None else routing_key
-        return Built(task_id, name, message, body, queue, ignore_result, route.queue)
+        return Built(task_id, name, message, body, queue, ignore_result, route.queue, send)
 
 
 _MESSAGES: weakref.WeakKeyDictionary[Celery, TaskMessages] = weakref.WeakKeyDictionary()
@@ -297,18 +310,28 @@ class TaskBatch:
             # The rpc:// store declares the caller's reply queue; the SQL stores do nothing.
             producer = self.app.amqp.Producer(connection, auto_declare=False)
             self.app.backend.on_task_call(producer, built[0].task_id)
-        result = publisher_of(connection).publish_batch(
-            [b.message for b in built], check=False, report_timeout=True
-        )
+        try:
+            result = publisher_of(connection).publish_batch(
+                [b.message for b in built], check=False, report_timeout=True
+            )
+        except BaseException as error:
+            for b in built:
+                _end_send(b.send, error)
+                b.send = None
+            raise
         refused, returned = set(result.nacked), set(result.returned)
         confirmed = [i for i in result.confirmed if i not in returned]
         kept = set(confirmed)
         for b in built:
+            send, b.send = b.send, None
             if b.task_id in kept:
+                SENDING.set(send)  # ended by tracing's after_task_publish hook
                 signals.after_task_publish.send(
                     sender=b.name, body=b.body, exchange=b.message.exchange,
                     routing_key=b.message.routing_key,
                 )  # fmt: skip
+            else:
+                _end_send(send, BatchNotConfirmed(f"task {b.task_id} was not confirmed"))
         ids = [b.task_id for b in built]
         if refused or returned:
             queues = sorted({b.queue for b in built if b.task_id in refused | returned})
@@ -339,6 +362,16 @@ class TaskBatch:
             if b.declare is not None and b.declare.name not in declared:
                 maybe_declare(b.declare, self.connection.default_channel)
                 declared.add(b.declare.name)
+
+
+class BatchNotConfirmed(Exception):
+    """A traced task message the broker refused, could not route or did not confirm in time."""
+
+
+def _end_send(send: Any, error: BaseException) -> None:
+    """End a traced send span, if any, as failed with ``error``."""
+    if send is not None:
+        send.end(error)
 
 
 def check_size(name: str, args: Any, kwargs: Any) -> None:

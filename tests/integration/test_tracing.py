@@ -360,3 +360,28 @@ def test_with_tracing_off_nothing_is_imported_and_the_wire_is_unchanged(
     ]
     for message in (task, event):
         assert not {"traceparent", "tracestate"} & set(message.headers)
+
+
+def test_every_task_of_a_group_gets_its_own_send_span_ended_at_the_confirm(
+    spans: InMemorySpanExporter, amqp_url: str, tmp_path: Path
+) -> None:
+    # Given tracing on in this process
+    from celery import group
+
+    runs = str(tmp_path / "runs")
+    try:
+        # When a group of three tasks is published in one batch, inside a traced request
+        with spans_tracer().start_as_current_span("brain request"):
+            result = group(
+                tasks_for_tests.record_order.s(runs, f"task-{n}") for n in range(3)
+            ).apply_async()
+        # Then each task has one send span, a child of the request, none ended as failed
+        sends = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+        assert sorted(s.attributes["messaging.message.id"] for s in sends) == sorted(
+            r.id for r in result.results
+        )
+        request = by_name(spans.get_finished_spans(), "brain request")
+        assert {s.parent.span_id for s in sends if s.parent} == {request.get_span_context().span_id}
+        assert [s.status.status_code.name for s in sends] == ["UNSET"] * 3
+    finally:
+        purge(amqp_url, RESEARCH_TASKS)
