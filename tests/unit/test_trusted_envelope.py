@@ -136,31 +136,25 @@ def test_what_json_cannot_carry_is_refused_as_the_events_layer_refuses_it() -> N
     data = {**COMPLETED, "result": math.nan}
 
     with pytest.raises(ValueError, match="JSON"):
-        trusted_message(
-            "research.task.completed",
-            data,
-            event_id="e-2",
-            timestamp=datetime.now(timezone.utc),
-            source="research@host-1",
-            version=1,
-            correlation_id=None,
-            traceparent=None,
-            user_id=None,
-            max_bytes=1_000_000,
-        )
+        _completed_now(data, max_bytes=1_000_000)
 
 
 def test_an_event_over_the_size_limit_is_refused() -> None:
     with pytest.raises(PayloadTooLarge, match="over the 100-byte limit"):
-        trusted_message(
-            "research.task.completed",
-            COMPLETED,
-            event_id="e-3",
-            timestamp=datetime.now(timezone.utc),
-            source="research@host-1",
-            version=1,
-            correlation_id=None,
-            traceparent=None,
-            user_id=None,
-            max_bytes=100,
-        )
+        _completed_now(COMPLETED, max_bytes=100)
+
+
+def _completed_now(data: dict[str, Any], *, max_bytes: int) -> Any:
+    """A trusted ``research.task.completed`` message of ``data``, stamped now."""
+    return trusted_message(
+        "research.task.completed",
+        data,
+        event_id="e-1",
+        timestamp=datetime.now(timezone.utc),
+        source="research@host-1",
+        version=1,
+        correlation_id=None,
+        traceparent=None,
+        user_id=None,
+        max_bytes=max_bytes,
+    )
