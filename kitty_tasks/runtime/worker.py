@@ -8,7 +8,6 @@ from typing import Any
 from celery import Celery
 from celery.worker.consumer import Consumer
 
-from kitty_tasks.core.amqp_internals import buffer_reads
 from kitty_tasks.core.dead_letters import QueueDeadLetters, oversized
 from kitty_tasks.core.errors import ConfigurationError
 from kitty_tasks.core.settings import get_settings
@@ -26,9 +25,6 @@ logger = logging.getLogger(__name__)
 
 LOG_UNDECODABLE = "undecodable message (%s, content-type %r) rejected to its dead-letter queue: %s"
 
-
-#: Bytes the consumer asks its socket for per read: a prefetch of task messages at once.
-CONSUME_RECV_CHUNK = 64 * 1024
 
 LOG_TOO_LARGE = "oversized task message (task %r) dead-lettered from %s: %s"
 LOG_MALFORMED = "malformed task message (task %r) rejected to its dead-letter queue: %r"
@@ -129,19 +125,6 @@ class KittyConsumer(Consumer):  # type: ignore[misc]
         quiet_task_logs()
         self._max_bytes = get_settings().max_message_bytes
         self._dead_letters: QueueDeadLetters | None = None
-
-    def connect(self) -> Any:
-        """Celery's consumer connection, reading the socket in chunks (plain TCP).
-
-        py-amqp reads a frame in three ``recv`` calls, nine per task message, and each
-        one hands the GIL to the task threads and waits to get it back (issue 15's
-        profile); a chunk holds several messages. The hub's reader keeps reading until
-        the buffer holds no whole frame, so none waits unseen by epoll. Every reconnect
-        comes through here.
-        """
-        connection = super().connect()
-        buffer_reads(connection.connection.transport, CONSUME_RECV_CHUNK)
-        return connection
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's handler, but a body that breaks Celery's own parsing is dead-lettered."""
