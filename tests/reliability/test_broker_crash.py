@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from events import Event, EventBus
-from kitty_tasks.core.topology import RESEARCH_TASKS
+from kitty_tasks.core.topology import RESEARCH_TASKS, dlq_name
 from tests.reliability.helpers import Ledger, WorkerProcess, queue_counts, read_ids
 from tests.reliability.node import RabbitNode, wait_for
 from tests.reliability.workerapp import RECORD_TASK, make_app
@@ -119,6 +119,7 @@ def test_sigkilled_broker_loses_no_confirmed_event_or_task(
             raise AssertionError(
                 f"{err}; {len(missing)} confirmed task(s) never ran, e.g. {missing[:5]}; "
                 f"queue (ready, consumers) = {queue_counts(node_url, RESEARCH_TASKS)}; "
+                f"its DLQ = {queue_counts(node_url, dlq_name(RESEARCH_TASKS))}; "
                 f"worker alive: {worker.alive}\n{worker.log_tail()}"
             ) from err
         wait_for(
